@@ -1,0 +1,29 @@
+"""The NAS-FPN merging-cell search space: architectures as data, known cells, the torch neck, drawings."""
+
+from search_spaces.architecture import (
+    DEFAULT_LEVELS,
+    OPS,
+    SCHEMA_VERSION,
+    Architecture,
+    ArchitectureError,
+    MergingCell,
+)
+from search_spaces.cost import NeckCost, neck_cost
+from search_spaces.known import KNOWN_ARCHITECTURES, fpn, known_architecture, nasfpn
+from search_spaces.neck import NASFPNNeck
+
+__all__ = [
+    "DEFAULT_LEVELS",
+    "KNOWN_ARCHITECTURES",
+    "OPS",
+    "SCHEMA_VERSION",
+    "Architecture",
+    "ArchitectureError",
+    "MergingCell",
+    "NASFPNNeck",
+    "NeckCost",
+    "fpn",
+    "known_architecture",
+    "nasfpn",
+    "neck_cost",
+]
