@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
 from controller import Controller, ControllerConfig
 from nas_service.configs import load_config
+from proxy_trainer.config import ProxyConfig, SyntheticDataConfig
+from proxy_trainer.data import ensure_synthetic_dataset
+from proxy_trainer.trainer import train_proxy
 from search_spaces import DEFAULT_LEVELS, KNOWN_ARCHITECTURES, ArchitectureError, neck_cost
 from search_spaces.render import render_svg
 from search_spaces.space import resolve_architecture
@@ -17,7 +21,14 @@ app = typer.Typer(help="Search NAS-FPN cells with reinforcement learning.", no_a
 arch_app = typer.Typer(help="Inspect and draw architectures.", no_args_is_help=True)
 controller_app = typer.Typer(help="Sample from the controller.", no_args_is_help=True)
 app.add_typer(arch_app, name="arch")
+dataset_app = typer.Typer(help="Make and inspect datasets.", no_args_is_help=True)
 app.add_typer(controller_app, name="controller")
+app.add_typer(dataset_app, name="dataset")
+
+
+def _fail(error: Exception) -> NoReturn:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(2)
 
 
 def _levels(text: str) -> tuple[int, ...]:
@@ -53,8 +64,7 @@ def arch_show(
     try:
         arch = resolve_architecture(spec, _levels(levels))
     except ArchitectureError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        _fail(error)
     cost = neck_cost(arch, (image_size, image_size), width=width, repeats=repeats)
     typer.echo(f"architecture: {arch}")
     typer.echo(f"hash:         {arch.canonical_hash()}")
@@ -83,8 +93,7 @@ def controller_sample(
         if seed is not None:
             config = ControllerConfig.model_validate({**config.model_dump(), "seed": seed})
     except ValueError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+        _fail(error)
     controller = Controller(config)
     if controller.seed_probability is not None:
         typer.echo(
@@ -94,3 +103,54 @@ def controller_sample(
     for _ in range(num):
         proposal, arch = controller.propose()
         typer.echo(f"{proposal.id:4d}  {arch.canonical_hash()[:12]}  log p = {proposal.log_prob:7.2f}  {arch}")
+
+
+@dataset_app.command("synth")
+def dataset_synth(
+    out: Path = typer.Option(..., "--out", help="Folder to create (train/, val/, annotations/)."),
+    train: int = typer.Option(400, "--train", min=1, help="Training images."),
+    val: int = typer.Option(100, "--val", min=1, help="Held-out reward images."),
+    size: int = typer.Option(128, "--size", min=32, help="Image side in pixels."),
+    classes: int = typer.Option(8, "--classes", min=1, help="Number of classes."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
+) -> None:
+    """Generate the synthetic COCO-format proxy dataset (deterministic)."""
+    config = SyntheticDataConfig(root=out, num_train=train, num_val=val, image_size=size, num_classes=classes, seed=seed)
+    try:
+        paths = ensure_synthetic_dataset(config)
+    except ValueError as error:
+        _fail(error)
+    typer.echo(f"train: {paths.train_annotations} ({train} images in {paths.train_images})")
+    typer.echo(f"val:   {paths.val_annotations} ({val} held-out images in {paths.val_images})")
+
+
+@app.command("proxy")
+def proxy(
+    arch: str = typer.Option("nasfpn", "--arch", help="The cell to train: a known name or a JSON file."),
+    config_path: Path = typer.Option(..., "-c", "--config", help="Proxy config YAML (see configs/proxy/)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON here."),
+) -> None:
+    """Run one proxy episode: train the proxy detector with the cell and print its reward metrics."""
+    try:
+        config = load_config(config_path, ProxyConfig)
+        architecture = resolve_architecture(arch, config.detector.neck.levels)
+    except ValueError as error:
+        _fail(error)
+    result = train_proxy(architecture, config)
+    metrics = "  ".join(f"{name} {value:.4f}" for name, value in result.metrics.items())
+    typer.echo(f"status:     {result.status}" + (f" ({result.error})" if result.error else ""))
+    typer.echo(f"metrics:    {metrics}")
+    typer.echo(
+        f"neck:       {result.neck_flops / 1e9:.3f} GFLOPs, {result.neck_params / 1e6:.2f} M parameters; "
+        f"detector {result.detector_params / 1e6:.2f} M parameters"
+    )
+    typer.echo(
+        f"time:       {result.wall_time:.1f} s ({result.iterations} iterations, "
+        f"{result.seconds_per_iteration:.2f} s each, eval {result.eval_time:.1f} s) on {result.device}"
+    )
+    if result.loss_curve:
+        typer.echo(f"loss:       {result.loss_curve[0]:.3f} -> {result.loss_curve[-1]:.3f}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2))
+    if result.status != "completed":
+        raise typer.Exit(1)

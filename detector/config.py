@@ -1,0 +1,127 @@
+"""The detector's settings as data: what `nas export best --to detector-config` writes and `nas train` reads.
+
+Defaults are the Cascade R-CNN constants (Cai and Vasconcelos 2018) with the seed solution's choices:
+FPN followed by the searched NAS-FPN cell, a configurable box-head resolution, adaptive testing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from search_spaces.architecture import ArchitectureError
+from search_spaces.space import resolve_architecture
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackboneConfig(_Strict):
+    depth: Literal[18, 34, 50, 101] = 50
+    norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
+    """Frozen BN for fine-tuning pretrained weights; BN or GN when training from scratch."""
+    weight_standardization: bool = False
+    """Weight Standardization on the backbone's convs (with GN or BN) and the heads' convs."""
+    weights: Path | None = None
+    """A local torchvision ResNet state dict; None trains from scratch. Nothing is downloaded."""
+    frozen_stages: int = Field(1, ge=0, le=5)
+    """Stem and the first ``frozen_stages - 1`` residual stages get no gradient (0: none frozen)."""
+
+
+class NeckConfig(_Strict):
+    architecture: str | dict[str, Any] = "nasfpn"
+    """The NAS-FPN cell: a known name, an architecture JSON file or inline JSON."""
+    levels: tuple[int, ...] = (2, 3, 4, 5, 6)
+    fpn_channels: int = Field(256, ge=1)
+    width: int = Field(256, ge=1)
+    repeats: int = Field(7, ge=1)
+    norm: Literal["bn", "gn", "none"] = "bn"
+    attention_pool: Literal["max", "avg"] = "max"
+
+    @model_validator(mode="after")
+    def _check_architecture(self) -> "NeckConfig":
+        if self.levels[0] < 2:
+            raise ValueError(f"levels: the backbone's finest feature is P2, got {list(self.levels)}")
+        try:
+            arch = resolve_architecture(self.architecture, self.levels)
+        except ArchitectureError as error:
+            raise ValueError(f"architecture: {error}") from None
+        if arch.levels != tuple(self.levels):
+            raise ValueError(f"architecture: works on levels {list(arch.levels)}, the neck on {list(self.levels)}")
+        return self
+
+
+class RPNConfig(_Strict):
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    """One anchor size per pyramid level, finest first."""
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    pre_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 1000
+    post_nms_top_n_train: int = 2000
+    post_nms_top_n_test: int = 1000
+    nms_threshold: float = 0.7
+    fg_iou_threshold: float = 0.7
+    bg_iou_threshold: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+
+
+class CascadeConfig(_Strict):
+    iou_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7)
+    box_stds: tuple[tuple[float, float, float, float], ...] = (
+        (0.1, 0.1, 0.2, 0.2),
+        (0.05, 0.05, 0.1, 0.1),
+        (0.033, 0.033, 0.067, 0.067),
+    )
+    loss_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    box_head_resolution: Literal[7, 14] = 7
+    """RoIAlign output size; 14 is the seed's large-resolution box head."""
+    head_convs: int | None = None
+    """3x3 convs before the FC layer; None: 0 at resolution 7 (2fc head), 4 at resolution 14."""
+    conv_channels: int = 256
+    fc_dim: int = 1024
+    test_mode: Literal["standard", "adaptive"] = "adaptive"
+    """standard: all heads score the stage-2 boxes; adaptive: each stage scores the boxes it received."""
+    adaptive_weights: tuple[float, ...] = (0.2, 0.3, 0.5)
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> "CascadeConfig":
+        stages = len(self.iou_thresholds)
+        for name in ("box_stds", "loss_weights", "adaptive_weights"):
+            if len(getattr(self, name)) != stages:
+                raise ValueError(f"{name}: needs one entry per stage ({stages}), got {len(getattr(self, name))}")
+        return self
+
+
+class PostProcessConfig(_Strict):
+    score_threshold: float = 0.05
+    nms: Literal["hard", "linear", "gaussian"] = "hard"
+    """Per-class hard NMS, or Soft-NMS (the seed used gaussian Soft-NMS)."""
+    iou_threshold: float = 0.5
+    sigma: float = 0.5
+    soft_score_threshold: float = 1e-3
+    detections_per_image: int = 100
+
+
+class DetectorConfig(_Strict):
+    num_classes: int | None = Field(None, ge=1)
+    """Foreground classes (label 0 is background); None: taken from the training dataset."""
+    backbone: BackboneConfig = BackboneConfig()
+    neck: NeckConfig = NeckConfig()
+    rpn: RPNConfig = RPNConfig()
+    cascade: CascadeConfig = CascadeConfig()
+    postprocess: PostProcessConfig = PostProcessConfig()
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> "DetectorConfig":
+        if len(self.rpn.anchor_sizes) != len(self.neck.levels):
+            raise ValueError(
+                f"rpn.anchor_sizes: needs one size per neck level {list(self.neck.levels)}, "
+                f"got {list(self.rpn.anchor_sizes)}"
+            )
+        return self

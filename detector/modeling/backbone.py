@@ -1,0 +1,72 @@
+"""ResNet backbones from torchvision returning C2..C5, with frozen BN, BN or GN and optional WS."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from detector.config import BackboneConfig
+from detector.ops import convert_to_ws
+
+_RESNETS: dict[int, Callable[..., resnet.ResNet]] = {
+    18: resnet.resnet18,
+    34: resnet.resnet34,
+    50: resnet.resnet50,
+    101: resnet.resnet101,
+}
+_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def _norm_layer(kind: str) -> Callable[[int], nn.Module]:
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d
+    if kind == "bn":
+        return nn.BatchNorm2d
+    return lambda channels: nn.GroupNorm(32, channels)
+
+
+class ResNetBackbone(nn.Module):
+    """Returns ``{2: C2, 3: C3, 4: C4, 5: C5}`` (strides 4 to 32)."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        net = _RESNETS[config.depth](weights=None, norm_layer=_norm_layer(config.norm))
+        if config.weights is not None:
+            load_backbone_weights(net, config.weights, config.depth)
+        if config.weight_standardization:
+            convert_to_ws(net)
+        self._freeze(net, config.frozen_stages)
+        self.body = IntermediateLayerGetter(net, {name: str(level) for level, name in enumerate(_STAGES, 2)})
+        width = 64 if config.depth < 50 else 256
+        self.out_channels = {level: width * 2 ** (level - 2) for level in range(2, 6)}
+
+    @staticmethod
+    def _freeze(net: resnet.ResNet, frozen_stages: int) -> None:
+        modules = [nn.ModuleList([net.conv1, net.bn1])] + [getattr(net, name) for name in _STAGES]
+        for module in modules[:frozen_stages]:
+            module.requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+        return {int(level): feature for level, feature in self.body(images).items()}
+
+
+def load_backbone_weights(net: resnet.ResNet, path: Path, depth: int) -> None:
+    """Load a local torchvision ResNet checkpoint; the classifier (``fc``) is not needed and skipped."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = OrderedDict((k, v) for k, v in state.items() if not k.startswith("fc."))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: not a ResNet-{depth} checkpoint: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
