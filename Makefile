@@ -24,6 +24,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m bench.controller
+	$(BIN)/python -m bench.proxy
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis *.egg-info

@@ -5,16 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from detector.config import DetectorConfig
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from detector.config import DetectorConfig, StrictModel
 
 
-class SyntheticDataConfig(_Strict):
+class SyntheticDataConfig(StrictModel):
     """Generated once into ``root`` (if absent) by the same code as ``nas dataset synth``."""
 
     root: Path
@@ -25,7 +21,7 @@ class SyntheticDataConfig(_Strict):
     seed: int = 0
 
 
-class DatasetConfig(_Strict):
+class DatasetConfig(StrictModel):
     """COCO-format data; the reward split must be held out from training."""
 
     train_annotations: Path | None = None
@@ -50,7 +46,7 @@ class DatasetConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     iterations: int = Field(100, ge=1)
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(0.02, gt=0)
@@ -76,7 +72,7 @@ class TrainConfig(_Strict):
     """For testing failure handling end to end: the loss turns NaN at this iteration."""
 
 
-class ProxyConfig(_Strict):
+class ProxyConfig(StrictModel):
     dataset: DatasetConfig
     detector: DetectorConfig
     train: TrainConfig = TrainConfig()

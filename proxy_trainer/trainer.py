@@ -121,8 +121,8 @@ def _train(
         if train.inject_nonfinite_loss_at == iteration:
             loss = loss * float("nan")
         if not torch.isfinite(loss):
-            parts = ", ".join(f"{name}={float(value):.4g}" for name, value in losses.items())
-            return f"non-finite loss {float(loss)} at iteration {iteration} ({parts})"
+            parts = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in losses.items())
+            return f"non-finite loss {float(loss.detach())} at iteration {iteration} ({parts})"
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if train.grad_clip is not None:

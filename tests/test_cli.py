@@ -4,6 +4,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import yaml
 from typer.testing import CliRunner
 
 from nas_service.cli import app
@@ -89,3 +90,48 @@ def test_the_installed_console_script_runs(tmp_path):
         [str(nas), "arch", "show", "fpn", "--output", str(out)], capture_output=True, text=True, check=True
     )
     assert "sum(4,3)@6" in completed.stdout and out.exists()
+
+
+def test_dataset_synth_writes_a_loadable_dataset(tmp_path):
+    out = tmp_path / "synth"
+    args = ["dataset", "synth", "--out", str(out), "--train", "6", "--val", "3", "--size", "64", "--classes", "3"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    train = json.loads((out / "annotations" / "train.json").read_text())
+    assert len(train["images"]) == 6 and len(train["categories"]) == 3
+    assert len(list((out / "val").glob("*.png"))) == 3
+    again = runner.invoke(app, args[:-1] + ["4"])
+    assert again.exit_code == 2 and "other settings (num_classes" in again.output
+
+
+def test_proxy_command_runs_one_episode(tmp_path):
+    from tests.test_proxy import tiny_proxy_config
+
+    config = tiny_proxy_config(tmp_path / "data", iterations=2)
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    out = tmp_path / "result.json"
+    result = runner.invoke(app, ["proxy", "--arch", "fpn", "-c", str(path), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "status:     completed" in result.output
+    saved = json.loads(out.read_text())
+    assert saved["iterations"] == 2 and set(saved["metrics"]) >= {"AP", "AP50"}
+
+
+def test_proxy_command_reports_a_failed_episode(tmp_path):
+    from tests.test_proxy import tiny_proxy_config
+
+    config = tiny_proxy_config(tmp_path / "data", iterations=3, inject_nonfinite_loss_at=1)
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    result = runner.invoke(app, ["proxy", "-c", str(path)])
+    assert result.exit_code == 1
+    assert "status:     failed (non-finite loss nan at iteration 1" in result.output
+
+
+def test_proxy_command_names_bad_config_fields(tmp_path):
+    path = tmp_path / "proxy.yaml"
+    path.write_text("dataset: {synthetic: {root: x}}\ndetector: {neck: {repeats: 0}}\n")
+    result = runner.invoke(app, ["proxy", "-c", str(path)])
+    assert result.exit_code == 2
+    assert "detector.neck.repeats: Input should be greater than or equal to 1" in result.output

@@ -56,7 +56,9 @@ class CascadeRoIHeads(nn.Module):
         self.num_classes = num_classes
         resolution = config.box_head_resolution
         num_convs = config.head_convs if config.head_convs is not None else (0 if resolution == 7 else 4)
-        self.roi_align = MultiScaleRoIAlign([str(level) for level in roi_levels], resolution, sampling_ratio=2)
+        self.roi_align = MultiScaleRoIAlign(
+            [str(level) for level in roi_levels], resolution, sampling_ratio=config.roi_sampling_ratio
+        )
         self.stages = nn.ModuleList(
             CascadeStage(
                 ConvFCBoxHead(in_channels, resolution, num_convs, config.conv_channels, config.fc_dim, norm),

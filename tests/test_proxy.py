@@ -1,0 +1,117 @@
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detector.config import DetectorConfig
+from nas_service.configs import load_config
+from proxy_trainer import ProxyConfig, train_proxy
+from proxy_trainer.data import ensure_synthetic_dataset
+from proxy_trainer.config import SyntheticDataConfig
+from proxy_trainer.trainer import learning_rate_factor
+from search_spaces import fpn, known_architecture, nasfpn
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "proxy"
+
+
+def tiny_proxy_config(root: Path, **train) -> ProxyConfig:
+    return ProxyConfig.model_validate(
+        {
+            "dataset": {
+                "synthetic": {"root": root, "num_train": 12, "num_val": 6, "image_size": 64, "num_classes": 3}
+            },
+            "detector": {
+                "backbone": {"depth": 18, "norm": "bn", "frozen_stages": 0},
+                "neck": {"fpn_channels": 16, "width": 16, "repeats": 1},
+                "rpn": {
+                    "anchor_sizes": [8, 16, 32, 64, 128],
+                    "pre_nms_top_n_train": 100,
+                    "post_nms_top_n_train": 50,
+                    "pre_nms_top_n_test": 50,
+                    "post_nms_top_n_test": 30,
+                    "batch_size_per_image": 32,
+                },
+                "cascade": {"batch_size_per_image": 16, "fc_dim": 32},
+            },
+            "train": {
+                "iterations": 4,
+                "batch_size": 2,
+                "warmup_iterations": 2,
+                "train_short_sides": [56, 72],
+                "train_max_size": 96,
+                "eval_short_side": 64,
+                "eval_max_size": 96,
+                "eval_batch_size": 3,
+                **train,
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("proxy") / "synthetic"
+
+
+def test_tiny_proxy_trains_and_evaluates_deterministically(data_root):
+    config = tiny_proxy_config(data_root)
+    first = train_proxy(known_architecture("nasfpn", (2, 3, 4, 5, 6)), config)
+    assert first.status == "completed" and first.error is None
+    assert first.iterations == 4 and len(first.loss_curve) == 4
+    assert all(math.isfinite(loss) for loss in first.loss_curve)
+    assert set(first.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert 0.0 <= first.metrics["AP"] <= 1.0
+    assert first.neck_flops > 0 and first.neck_params > 0 and first.detector_params > first.neck_params
+    assert first.wall_time >= first.train_time + first.eval_time > 0
+    second = train_proxy(known_architecture("nasfpn", (2, 3, 4, 5, 6)), config)
+    assert second.loss_curve == first.loss_curve
+    assert second.metrics == pytest.approx(first.metrics, nan_ok=True)
+
+
+def test_the_cell_changes_the_detector(data_root):
+    config = tiny_proxy_config(data_root, iterations=1)
+    with_fpn = train_proxy(fpn((2, 3, 4, 5, 6)), config)
+    with_nasfpn = train_proxy(nasfpn((2, 3, 4, 5, 6)), config)
+    assert with_fpn.neck_params != with_nasfpn.neck_params
+    assert with_fpn.loss_curve != with_nasfpn.loss_curve
+
+
+def test_non_finite_loss_fails_with_a_reason(data_root):
+    result = train_proxy(nasfpn((2, 3, 4, 5, 6)), tiny_proxy_config(data_root, inject_nonfinite_loss_at=2))
+    assert result.status == "failed"
+    assert result.error.startswith("non-finite loss nan at iteration 2 (")
+    assert result.iterations == 2 and result.metrics == {}
+
+
+def test_synthetic_dataset_is_reused_only_with_the_same_settings(data_root):
+    config = SyntheticDataConfig(root=data_root, num_train=12, num_val=6, image_size=64, num_classes=3)
+    paths = ensure_synthetic_dataset(config)
+    assert paths.train_annotations.exists() and paths.val_images.is_dir()
+    with pytest.raises(ValueError, match=r"other settings \(num_classes"):
+        ensure_synthetic_dataset(config.model_copy(update={"num_classes": 5}))
+
+
+def test_learning_rate_schedule_warms_up_then_decays(data_root):
+    config = tiny_proxy_config(data_root, iterations=100, warmup_iterations=10, warmup_factor=0.01)
+    factors = [learning_rate_factor(i, config) for i in range(100)]
+    assert factors[0] == pytest.approx(0.01)
+    assert factors[10] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(factors[:10], factors[1:11]))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert factors[-1] < 0.01
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_proxy_configs_validate(path):
+    config = load_config(path, ProxyConfig)
+    assert isinstance(config.detector, DetectorConfig)
+    assert config.dataset.synthetic is not None or config.dataset.val_annotations is not None
+
+
+def test_dataset_config_rejects_training_on_the_reward_split(tmp_path):
+    data = yaml.safe_load((CONFIGS / "cpu.yaml").read_text())
+    same = str(tmp_path / "ann.json")
+    data["dataset"] = {"train_annotations": same, "train_images": "x", "val_annotations": same, "val_images": "x"}
+    with pytest.raises(ValueError, match="the reward split must differ"):
+        ProxyConfig.model_validate(data)
