@@ -1,0 +1,31 @@
+"""The episode store of the search service: searches, episodes and controller checkpoints.
+
+``EpisodeStore(url)`` works on an embedded SQLite file (``sqlite:///path.db``) or on PostgreSQL
+(``postgresql+psycopg://...``), upgrading the schema with the Alembic revisions shipped here.
+"""
+
+from nas_service.store.errors import EpisodeNotFound, NotFound, SearchNotFound, StoreError
+from nas_service.store.migrate import upgrade_database
+from nas_service.store.schema import EPISODE_STATUSES, SEARCH_STATUSES
+from nas_service.store.storage import (
+    EPISODE_SORTS,
+    CheckpointRecord,
+    EpisodeRecord,
+    EpisodeStore,
+    SearchRecord,
+)
+
+__all__ = [
+    "EPISODE_SORTS",
+    "EPISODE_STATUSES",
+    "SEARCH_STATUSES",
+    "CheckpointRecord",
+    "EpisodeNotFound",
+    "EpisodeRecord",
+    "EpisodeStore",
+    "NotFound",
+    "SearchNotFound",
+    "SearchRecord",
+    "StoreError",
+    "upgrade_database",
+]
