@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# A real search: synthetic data (generated on first use), SQLite in data/nas.db, a local Ray.
 demo: setup
-	$(BIN)/nas controller sample --num 10 --config configs/controller/ppo.yaml
+	$(BIN)/nas search start --config configs/search/demo.yaml
 	$(BIN)/nas arch show nasfpn --output out/nasfpn.svg
 	$(BIN)/nas arch show fpn --output out/fpn.svg
 
@@ -25,6 +26,7 @@ test: setup
 bench: setup
 	$(BIN)/python -m bench.controller
 	$(BIN)/python -m bench.proxy
+	$(BIN)/python -m bench.search
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) out data .pytest_cache .hypothesis *.egg-info

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from datetime import datetime
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -10,10 +14,14 @@ import typer
 
 from controller import Controller, ControllerConfig
 from nas_service.configs import load_config
+from nas_service.progress import SearchProgress
+from nas_service.runner import run_search
+from nas_service.search_config import load_search_config
+from nas_service.store import EpisodeStore, StoreError
 from proxy_trainer.config import ProxyConfig, SyntheticDataConfig
 from proxy_trainer.data import ensure_synthetic_dataset
 from proxy_trainer.trainer import train_proxy
-from search_spaces import DEFAULT_LEVELS, KNOWN_ARCHITECTURES, ArchitectureError, neck_cost
+from search_spaces import DEFAULT_LEVELS, KNOWN_ARCHITECTURES, Architecture, ArchitectureError, neck_cost
 from search_spaces.render import render_svg
 from search_spaces.space import resolve_architecture
 
@@ -22,6 +30,8 @@ arch_app = typer.Typer(help="Inspect and draw architectures.", no_args_is_help=T
 controller_app = typer.Typer(help="Sample from the controller.", no_args_is_help=True)
 app.add_typer(arch_app, name="arch")
 dataset_app = typer.Typer(help="Make and inspect datasets.", no_args_is_help=True)
+search_app = typer.Typer(help="Run and inspect searches.", no_args_is_help=True)
+app.add_typer(search_app, name="search")
 app.add_typer(controller_app, name="controller")
 app.add_typer(dataset_app, name="dataset")
 
@@ -154,3 +164,146 @@ def proxy(
         json_out.write_text(json.dumps(result.to_dict(), indent=2))
     if result.status != "completed":
         raise typer.Exit(1)
+
+
+DEFAULT_DB = "sqlite:///data/nas.db"
+DB_OPTION = typer.Option(
+    None, "--db", help=f"Episode store URL (default: $NAS_DB_URL or {DEFAULT_DB}).", show_default=False
+)
+RAY_OPTION = typer.Option(None, "--ray-address", help="Join this Ray cluster (default: $RAY_ADDRESS or a local Ray).")
+DETACH_OPTION = typer.Option(False, "--detach", help="Run in the background; the log goes to data/logs/.")
+
+
+def _store(db: Optional[str]) -> EpisodeStore:
+    url = db or os.environ.get("NAS_DB_URL") or DEFAULT_DB
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return EpisodeStore(url)
+    except StoreError as error:
+        _fail(error)
+
+
+def _run(store: EpisodeStore, search_id: int, db: Optional[str], ray_address: Optional[str], detach: bool) -> None:
+    if detach:
+        log = Path("data/logs") / f"search-{search_id}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "nas_service.cli", "search", "resume", str(search_id)]
+        command += ["--db", db] if db else []
+        command += ["--ray-address", ray_address] if ray_address else []
+        with log.open("ab") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        typer.echo(f"search {search_id} running in the background (pid {process.pid}, log {log})")
+        return
+    with SearchProgress(store, search_id):
+        search = run_search(store, search_id, ray_address=ray_address)
+    _print_summary(store, search.id, top=5)
+
+
+@search_app.command("start")
+def search_start(
+    config_path: Path = typer.Option(..., "-c", "--config", help="Search config YAML (see configs/search/)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Unique name (default: config name + time)."),
+    db: Optional[str] = DB_OPTION,
+    ray_address: Optional[str] = RAY_OPTION,
+    detach: bool = DETACH_OPTION,
+) -> None:
+    """Create a search from a config and run it, with a live progress display."""
+    try:
+        config = load_search_config(config_path)
+    except ValueError as error:
+        _fail(error)
+    proxy = config.proxy.model_copy(update={"dataset": config.proxy.dataset.absolute()})
+    config = config.model_copy(update={"proxy": proxy})
+    store = _store(db)
+    budget = config.budget
+    try:
+        search = store.create_search(
+            name or f"{config_path.stem}-{datetime.now():%Y%m%d-%H%M%S}",
+            config.model_dump(mode="json"),
+            budget_episodes=budget.episodes,
+            budget_unique=budget.unique,
+            budget_seconds=budget.seconds,
+        )
+    except StoreError as error:
+        _fail(error)
+    typer.echo(f"search {search.id} ({search.name}) created")
+    _run(store, search.id, db, ray_address, detach)
+
+
+@search_app.command("resume")
+def search_resume(
+    search_id: int = typer.Argument(..., help="Search id."),
+    db: Optional[str] = DB_OPTION,
+    ray_address: Optional[str] = RAY_OPTION,
+    detach: bool = DETACH_OPTION,
+) -> None:
+    """Continue a stopped, failed or killed search from the store."""
+    store = _store(db)
+    try:
+        search = store.get_search(search_id)
+    except StoreError as error:
+        _fail(error)
+    if search.status == "completed":
+        _fail(ValueError(f"search {search_id} has completed its budget; nothing to resume"))
+    _run(store, search_id, db, ray_address, detach)
+
+
+@search_app.command("stop")
+def search_stop(search_id: int = typer.Argument(..., help="Search id."), db: Optional[str] = DB_OPTION) -> None:
+    """Ask a running search to stop: no new episodes; running ones finish and are recorded."""
+    store = _store(db)
+    try:
+        search = store.get_search(search_id)
+        if search.status != "running":
+            _fail(ValueError(f"search {search_id} is {search.status}, not running"))
+        store.set_search_status(search_id, "stopping")
+    except StoreError as error:
+        _fail(error)
+    typer.echo(f"search {search_id} is stopping; resume it with `nas search resume {search_id}`")
+
+
+@search_app.command("list")
+def search_list(db: Optional[str] = DB_OPTION) -> None:
+    """List searches with their progress and best reward."""
+    store = _store(db)
+    typer.echo(f"{'id':>4}  {'name':28} {'status':9} {'episodes':>10} {'failed':>6} {'best':>8}")
+    for search in store.list_searches():
+        best = f"{search.best_reward:.4f}" if search.best_reward is not None else "-"
+        budget = search.budget_episodes or 0
+        typer.echo(
+            f"{search.id:>4}  {search.name[:28]:28} {search.status:9} "
+            f"{search.num_episodes:>4}/{budget:<5} {search.num_failed:>6} {best:>8}"
+        )
+
+
+@search_app.command("show")
+def search_show(
+    search_id: int = typer.Argument(..., help="Search id."),
+    top: int = typer.Option(5, "--top", min=1, help="How many of the best architectures to list."),
+    db: Optional[str] = DB_OPTION,
+) -> None:
+    """A search's summary and its best architectures."""
+    store = _store(db)
+    try:
+        _print_summary(store, search_id, top)
+    except StoreError as error:
+        _fail(error)
+
+
+def _print_summary(store: EpisodeStore, search_id: int, top: int) -> None:
+    search = store.get_search(search_id)
+    typer.echo(f"search {search.id} ({search.name}): {search.status}")
+    typer.echo(
+        f"episodes {search.num_episodes}/{search.budget_episodes}: {search.num_completed} trained, "
+        f"{search.num_cached} cached, {search.num_failed} failed, {search.num_unique} unique architectures"
+    )
+    if search.error:
+        typer.echo(f"error: {search.error}")
+    for rank, episode in enumerate(store.top_episodes(search_id, top), 1):
+        arch = Architecture.from_dict(episode.architecture)
+        typer.echo(f"#{rank} episode {episode.number:4d}  reward {episode.reward:.4f}  {episode.arch_hash[:12]}  {arch}")
+
+
+if __name__ == "__main__":
+    app()

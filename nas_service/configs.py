@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -16,6 +16,11 @@ class ConfigError(ValueError):
 
 
 def load_config(path: Path, model: type[Model]) -> Model:
+    return validate_config(path, read_yaml(path), model)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file's mapping (an empty file is an empty mapping)."""
     try:
         text = path.read_text()
     except OSError as error:
@@ -27,9 +32,13 @@ def load_config(path: Path, model: type[Model]) -> Model:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: invalid YAML{where}: {getattr(error, 'problem', error)}") from None
     if data is None:
-        data = {}
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def validate_config(path: Path | str, data: dict[str, Any], model: type[Model]) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as error:

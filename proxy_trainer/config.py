@@ -45,6 +45,17 @@ class DatasetConfig(StrictModel):
             raise ValueError("dataset.val_annotations: the reward split must differ from the training split")
         return self
 
+    def absolute(self) -> "DatasetConfig":
+        """The same dataset with absolute paths, for workers that run in other directories."""
+        paths = {
+            name: path.resolve()
+            for name in ("train_annotations", "train_images", "val_annotations", "val_images")
+            if (path := getattr(self, name)) is not None
+        }
+        if self.synthetic is not None:
+            paths["synthetic"] = self.synthetic.model_copy(update={"root": self.synthetic.root.resolve()})
+        return self.model_copy(update=paths)
+
 
 class TrainConfig(StrictModel):
     iterations: int = Field(100, ge=1)

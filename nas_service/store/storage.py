@@ -287,12 +287,15 @@ class EpisodeStore:
         flops: int | None = None,
         params: int | None = None,
         train_seconds: float | None = None,
+        worker: str | None = None,
     ) -> EpisodeRecord:
-        """Record a trained episode's result."""
+        """Record a trained episode's result (``worker``: where it actually ran, if known by now)."""
+        extra = {} if worker is None else {"worker": _text("worker", worker)}
         return self._finish(
             search_id,
             number,
             "completed",
+            **extra,
             reward=_number("reward", reward),
             metrics=_optional(_json_object, "metrics", metrics),
             flops=_optional(_integer, "flops", flops),
@@ -488,10 +491,13 @@ class EpisodeStore:
         episodes_reported: int,
         state: bytes,
         entropy: float | None = None,
+        keep_last: int | None = None,
     ) -> CheckpointRecord:
-        """Store the controller's ``to_bytes()`` after policy update ``update_number``.
+        """Store the controller's ``to_bytes()`` as checkpoint ``update_number`` (increasing).
 
-        A given ``entropy`` also becomes the search's ``last_entropy``.
+        A given ``entropy`` also becomes the search's ``last_entropy``. With ``keep_last``, older
+        checkpoints beyond the newest ``keep_last`` are deleted in the same transaction, so a runner
+        that checkpoints after every event keeps the store small.
         """
         if not isinstance(state, bytes | bytearray | memoryview) or len(state) == 0:
             raise StoreError(f"state: expected the controller's non-empty bytes, got {type(state).__name__}")
@@ -513,7 +519,15 @@ class EpisodeStore:
                 ) from None
             if row.entropy is not None:
                 search.last_entropy = row.entropy
-                session.flush()
+            if keep_last is not None:
+                oldest_kept = row.update_number - _integer("keep_last", keep_last, minimum=1) + 1
+                session.execute(
+                    delete(ControllerCheckpointModel).where(
+                        ControllerCheckpointModel.search_id == search.id,
+                        ControllerCheckpointModel.update_number < oldest_kept,
+                    )
+                )
+            session.flush()
             return _record(CheckpointRecord, row)
 
     def latest_checkpoint(self, search_id: int) -> CheckpointRecord | None:

@@ -1,0 +1,84 @@
+"""A search's settings: controller, proxy task, reward, failure policy, budgets and resources.
+
+The whole resolved config (the proxy file read in) is stored with the search, so a resume never
+depends on files that may have changed since.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from controller.config import ControllerConfig
+from detector.config import StrictModel
+from nas_service.configs import read_yaml, validate_config
+from proxy_trainer.config import ProxyConfig
+
+
+class RewardConfig(StrictModel):
+    metric: Literal["AP", "AP50"] = "AP"
+    """AP@[.5:.95] or AP50 of the proxy on the held-out split."""
+    flops_target: float | None = Field(None, gt=0)
+    """Cost-aware (MnasNet): reward = metric * (neck FLOPs / flops_target) ** flops_weight."""
+    flops_weight: float = Field(-0.07, le=0)
+
+    def reward(self, metrics: dict[str, float], neck_flops: int) -> float:
+        value = float(metrics[self.metric])
+        if not math.isfinite(value):
+            raise ValueError(f"reward: metric {self.metric} is {value}")
+        if self.flops_target is None:
+            return value
+        return value * (neck_flops / self.flops_target) ** self.flops_weight
+
+
+class FailureConfig(StrictModel):
+    max_retries: int = Field(1, ge=0)
+    """Re-runs of a failed episode (exception, non-finite loss, killed worker) before giving up."""
+    penalty_reward: float | None = 0.0
+    """Reward the controller learns for an episode that failed every attempt; None: it learns nothing."""
+
+
+class BudgetConfig(StrictModel):
+    episodes: int = Field(400, ge=1)
+    """Episodes proposed in all, cached ones included (the seed solution searched ~400)."""
+    unique: int | None = Field(None, ge=1)
+    """Stop after this many distinct architectures were trained."""
+    seconds: float | None = Field(None, gt=0)
+    """Wall-clock budget of the search (summed over resumes)."""
+
+
+class ResourcesConfig(StrictModel):
+    concurrency: int = Field(1, ge=1)
+    """Proxy trainings at once."""
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+
+
+class SearchConfig(StrictModel):
+    controller: ControllerConfig = ControllerConfig()
+    proxy: ProxyConfig
+    reward: RewardConfig = RewardConfig()
+    failures: FailureConfig = FailureConfig()
+    budget: BudgetConfig = BudgetConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="after")
+    def _same_levels(self) -> "SearchConfig":
+        neck_levels = tuple(self.proxy.detector.neck.levels)
+        if tuple(self.controller.levels) != neck_levels:
+            raise ValueError(
+                f"controller.levels: {list(self.controller.levels)} must equal the proxy neck's levels "
+                f"{list(neck_levels)}"
+            )
+        return self
+
+
+def load_search_config(path: Path) -> SearchConfig:
+    """Read a search YAML; ``proxy:`` is inline or the path of a proxy config file."""
+    data = read_yaml(path)
+    if isinstance(data.get("proxy"), str):
+        data["proxy"] = read_yaml(Path(data["proxy"]))
+    return validate_config(path, data, SearchConfig)

@@ -1,0 +1,185 @@
+"""The search end to end on a real local Ray (and a real 2-node Ray cluster), with a tiny proxy."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.cluster_utils import Cluster
+
+from controller import Controller
+from nas_service.runner import run_search
+from nas_service.search_config import SearchConfig, load_search_config
+from nas_service.store import EpisodeStore
+from tests.test_proxy import tiny_proxy_config
+
+REPO = Path(__file__).resolve().parent.parent
+LEVELS = [2, 3, 4, 5, 6]
+
+
+def search_config(data_root: Path, episodes: int, **changes) -> SearchConfig:
+    train = changes.pop("train", {})
+    proxy = tiny_proxy_config(data_root, iterations=2, **train)
+    config = {
+        "controller": {"levels": LEVELS, "batch_size": 2, **changes.pop("controller", {})},
+        "proxy": proxy.model_dump(mode="json"),
+        "budget": {"episodes": episodes},
+        "resources": {"concurrency": 1, "cpus_per_trial": 1},
+    }
+    for key, value in changes.items():
+        config[key] = value
+    return SearchConfig.model_validate(config)
+
+
+def create(store: EpisodeStore, config: SearchConfig, name: str) -> int:
+    return store.create_search(name, config.model_dump(mode="json"), budget_episodes=config.budget.episodes).id
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("search-data") / "synthetic"
+
+
+def test_search_runs_episodes_and_learns(tmp_path, data_root):
+    store = EpisodeStore(f"sqlite:///{tmp_path / 'nas.db'}")
+    config = search_config(data_root, episodes=6)
+    search_id = create(store, config, "e2e")
+    search = run_search(store, search_id, storage=tmp_path / "ray")
+    assert search.status == "completed"
+    episodes = store.list_episodes(search_id)
+    assert [e.number for e in episodes] == list(range(6))
+    assert all(e.status in ("completed", "cached") for e in episodes)
+    assert search.num_completed + search.num_cached == 6 and search.num_failed == 0
+    trained = [e for e in episodes if e.status == "completed"]
+    assert all(e.metrics and "AP" in e.metrics and e.flops > 0 and e.train_seconds > 0 for e in trained)
+    assert all(e.reward == e.metrics["AP"] for e in trained)
+    assert episodes[0].architecture["cells"][0] == {"input_a": 1, "input_b": 3, "output_level": 3, "op": "global_pool"}
+    controller = Controller.from_bytes(store.latest_checkpoint(search_id).state)
+    assert controller.num_proposed == 6 and not controller.pending
+    assert controller.num_updates == 3  # batch_size 2
+    assert search.last_entropy is not None
+
+
+def test_failures_are_retried_then_penalised(tmp_path, data_root):
+    store = EpisodeStore(f"sqlite:///{tmp_path / 'nas.db'}")
+    config = search_config(
+        data_root,
+        episodes=2,
+        train={"inject_nonfinite_loss_at": 0},
+        failures={"max_retries": 1, "penalty_reward": -0.5},
+    )
+    search_id = create(store, config, "failing")
+    search = run_search(store, search_id, storage=tmp_path / "ray")
+    assert search.status == "completed" and search.num_failed == 2
+    for episode in store.list_episodes(search_id):
+        assert episode.status == "failed" and episode.attempts == 2
+        assert episode.reward == -0.5
+        assert episode.error.startswith("non-finite loss nan at iteration 0")
+    assert not Controller.from_bytes(store.latest_checkpoint(search_id).state).pending
+
+
+def test_duplicate_architectures_come_from_the_cache(tmp_path, data_root):
+    store = EpisodeStore(f"sqlite:///{tmp_path / 'nas.db'}")
+    config = search_config(data_root, episodes=5, controller={"seed_target_probability": 0.95})
+    search_id = create(store, config, "cached")
+    search = run_search(store, search_id, storage=tmp_path / "ray")
+    episodes = store.list_episodes(search_id)
+    cached = [e for e in episodes if e.status == "cached"]
+    assert search.num_cached == len(cached) >= 2
+    for episode in cached:
+        original = store.find_completed_by_hash(search_id, episode.arch_hash)
+        assert original.number < episode.number and original.reward == episode.reward
+    assert search.num_unique == len({e.arch_hash for e in episodes if e.status == "completed"})
+
+
+def _nas(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nas_service.cli", *args], cwd=kwargs.pop("cwd"), **kwargs)
+
+
+def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path, data_root):
+    config_path = tmp_path / "search.yaml"
+    config_path.write_text(yaml.safe_dump(search_config(data_root, episodes=6).model_dump(mode="json")))
+    db = f"sqlite:///{tmp_path / 'nas.db'}"
+    runner = _nas(
+        "search", "start", "-c", str(config_path), "--name", "killed", "--db", db,
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    store = EpisodeStore(db)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        searches = store.list_searches()
+        if searches and searches[0].num_completed + searches[0].num_cached >= 2:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the runner did not finish two episodes in time")
+    os.killpg(runner.pid, signal.SIGKILL)  # the runner and the local Ray it started
+    runner.wait()
+    search_id = searches[0].id
+    before = {e.number: e for e in store.list_episodes(search_id) if e.status in ("completed", "cached")}
+    assert store.get_search(search_id).status == "running"  # killed: nobody marked it
+
+    resumed = _nas("search", "resume", str(search_id), "--db", db, cwd=tmp_path,
+                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+
+    search = store.get_search(search_id)
+    episodes = store.list_episodes(search_id)
+    assert search.status == "completed"
+    assert [e.number for e in episodes] == list(range(6))
+    assert all(e.status in ("completed", "cached") for e in episodes)
+    assert len({e.proposal_id for e in episodes}) == 6
+    assert search.num_completed + search.num_cached == 6  # no episode counted twice
+    for number, episode in before.items():  # nothing finished before the kill was redone or lost
+        assert store.get_episode(search_id, number).reward == episode.reward
+        assert store.get_episode(search_id, number).finished_at == episode.finished_at
+    controller = Controller.from_bytes(store.latest_checkpoint(search_id).state)
+    assert controller.num_proposed == 6 and not controller.pending and not controller.rewarded
+    assert controller.num_updates == 3
+
+
+def test_trials_run_on_both_nodes_of_a_ray_cluster(tmp_path, data_root):
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        store = EpisodeStore(f"sqlite:///{tmp_path / 'nas.db'}")
+        config = search_config(data_root, episodes=4, resources={"concurrency": 2, "cpus_per_trial": 1})
+        search_id = create(store, config, "cluster")
+        search = run_search(store, search_id, ray_address=cluster.address, storage=tmp_path / "ray")
+        assert search.status == "completed"
+        nodes = {e.worker.split(" node ")[1] for e in store.list_episodes(search_id) if e.status == "completed"}
+        assert len(nodes) == 2, nodes
+    finally:
+        cluster.shutdown()
+
+
+def test_shipped_search_configs_load():
+    for path in sorted((REPO / "configs" / "search").glob("*.yaml")):
+        cwd = os.getcwd()
+        os.chdir(REPO)
+        try:
+            config = load_search_config(path)
+        finally:
+            os.chdir(cwd)
+        assert config.budget.episodes >= 1
+
+
+def test_search_config_errors_name_the_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("proxy: configs/proxy/cpu.yaml\ncontroller: {levels: [3, 4, 5, 6, 7]}\n")
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with pytest.raises(ValueError, match=r"controller.levels: \[3, 4, 5, 6, 7\] must equal the proxy neck"):
+            load_search_config(path)
+        path.write_text("proxy: configs/proxy/cpu.yaml\nbudget: {episodes: 0}\n")
+        with pytest.raises(ValueError, match="budget.episodes: Input should be greater than or equal to 1"):
+            load_search_config(path)
+    finally:
+        os.chdir(cwd)
