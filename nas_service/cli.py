@@ -213,8 +213,6 @@ def search_start(
         config = load_search_config(config_path)
     except ValueError as error:
         _fail(error)
-    proxy = config.proxy.model_copy(update={"dataset": config.proxy.dataset.absolute()})
-    config = config.model_copy(update={"proxy": proxy})
     store = _store(db)
     budget = config.budget
     try:

@@ -23,7 +23,7 @@ import time
 import traceback
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray import tune
@@ -237,12 +237,17 @@ class ControllerSearcher(Searcher):
 
 
 def run_search(
-    store: EpisodeStore, search_id: int, ray_address: str | None = None, storage: Path | None = None
+    store: EpisodeStore,
+    search_id: int,
+    ray_address: str | None = None,
+    storage: Path | None = None,
+    trainable: Callable[[dict[str, Any]], None] = proxy_trial,
 ) -> SearchRecord:
     """Run (or continue) a search until its budget is spent or it is asked to stop.
 
     ``ray_address`` (or ``RAY_ADDRESS``) joins an existing cluster; otherwise a local Ray starts.
     ``storage`` is where Ray Tune keeps its trial folders (shared storage on a cluster).
+    ``trainable`` replaces the proxy training, e.g. to measure the search's own overhead.
     """
     run = SearchRun(store, search_id)
     store.set_search_status(search_id, "running")
@@ -255,7 +260,7 @@ def run_search(
     )
     try:
         tuner = tune.Tuner(
-            tune.with_resources(proxy_trial, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial}),
+            tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial}),
             tune_config=tune.TuneConfig(
                 search_alg=ControllerSearcher(run),
                 num_samples=-1,

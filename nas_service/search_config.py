@@ -77,8 +77,14 @@ class SearchConfig(StrictModel):
 
 
 def load_search_config(path: Path) -> SearchConfig:
-    """Read a search YAML; ``proxy:`` is inline or the path of a proxy config file."""
+    """Read a search YAML; ``proxy:`` is inline or the path of a proxy config file.
+
+    Dataset paths are made absolute (relative to the working directory), because the trials run in
+    folders of their own, possibly on other machines sharing the storage.
+    """
     data = read_yaml(path)
     if isinstance(data.get("proxy"), str):
         data["proxy"] = read_yaml(Path(data["proxy"]))
-    return validate_config(path, data, SearchConfig)
+    config = validate_config(path, data, SearchConfig)
+    proxy = config.proxy.model_copy(update={"dataset": config.proxy.dataset.absolute()})
+    return config.model_copy(update={"proxy": proxy})

@@ -183,3 +183,51 @@ def test_search_config_errors_name_the_field(tmp_path):
             load_search_config(path)
     finally:
         os.chdir(cwd)
+
+
+def test_unique_budget_stops_the_search(tmp_path, data_root):
+    store = EpisodeStore(f"sqlite:///{tmp_path / 'nas.db'}")
+    config = search_config(
+        data_root, episodes=50, controller={"seed_target_probability": 0.5}, budget={"episodes": 50, "unique": 2}
+    )
+    search_id = create(store, config, "unique")
+    search = run_search(store, search_id, storage=tmp_path / "ray")
+    assert search.status == "completed"
+    assert search.num_unique == 2 and search.num_completed == 2
+    assert search.num_episodes < 50
+
+
+def test_stop_is_clean_and_resumable(tmp_path, data_root):
+    config_path = tmp_path / "search.yaml"
+    config_path.write_text(yaml.safe_dump(search_config(data_root, episodes=5).model_dump(mode="json")))
+    db = f"sqlite:///{tmp_path / 'nas.db'}"
+    started = subprocess.run(
+        [sys.executable, "-m", "nas_service.cli", "search", "start", "-c", str(config_path), "--db", db, "--detach"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    )
+    assert "running in the background" in started.stdout
+    store = EpisodeStore(db)
+    search_id = store.list_searches()[0].id
+    deadline = time.monotonic() + 180
+    while store.get_search(search_id).num_completed + store.get_search(search_id).num_cached < 1:
+        assert time.monotonic() < deadline, (tmp_path / "data" / "logs" / f"search-{search_id}.log").read_text()
+        time.sleep(0.5)
+    stop = subprocess.run(
+        [sys.executable, "-m", "nas_service.cli", "search", "stop", str(search_id), "--db", db],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    while store.get_search(search_id).status == "stopping":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    stopped = store.get_search(search_id)
+    assert stopped.status == "stopped" and stopped.num_episodes < 5
+    assert store.unfinished_episodes(search_id) == []  # running episodes finished before stopping
+    resumed = subprocess.run(
+        [sys.executable, "-m", "nas_service.cli", "search", "resume", str(search_id), "--db", db],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    search = store.get_search(search_id)
+    assert search.status == "completed" and search.num_episodes == 5
+    assert [e.number for e in store.list_episodes(search_id)] == list(range(5))
