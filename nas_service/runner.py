@@ -265,6 +265,7 @@ def run_search(
                 search_alg=ControllerSearcher(run),
                 num_samples=-1,
                 max_concurrent_trials=resources.concurrency,
+                reuse_actors=True,  # a new worker process per trial costs seconds (imports, CUDA init)
             ),
             run_config=tune.RunConfig(
                 name=f"search-{search_id}",
@@ -273,6 +274,9 @@ def run_search(
             ),
         )
         tuner.fit()
+    except KeyboardInterrupt:
+        store.set_search_status(search_id, "stopped", error="interrupted; resume it to continue")
+        raise
     except BaseException as error:
         store.set_search_status(search_id, "failed", error=f"{type(error).__name__}: {error}")
         raise

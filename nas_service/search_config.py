@@ -47,7 +47,7 @@ class BudgetConfig(StrictModel):
     unique: int | None = Field(None, ge=1)
     """Stop after this many distinct architectures were trained."""
     seconds: float | None = Field(None, gt=0)
-    """Wall-clock budget of the search (summed over resumes)."""
+    """Wall-clock budget, counted from the search's first start (time between runs counts too)."""
 
 
 class ResourcesConfig(StrictModel):
