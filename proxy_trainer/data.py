@@ -44,6 +44,7 @@ def ensure_synthetic_dataset(config: SyntheticDataConfig) -> DatasetPaths:
             staging, config.num_train, config.num_val, config.image_size, config.num_classes, config.seed
         )
         (staging / MANIFEST).write_text(json.dumps(wanted, indent=2, sort_keys=True))
+        staging.chmod(0o755)  # mkdtemp makes it private; workers of other users read it on shared storage
         try:
             os.rename(staging, root)
         except OSError:
