@@ -235,6 +235,9 @@ def search_resume(
     db: Optional[str] = DB_OPTION,
     ray_address: Optional[str] = RAY_OPTION,
     detach: bool = DETACH_OPTION,
+    force: bool = typer.Option(
+        False, "--force", help="Resume a search marked running or stopping, whose runner died."
+    ),
 ) -> None:
     """Continue a stopped, failed or killed search from the store."""
     store = _store(db)
@@ -244,6 +247,13 @@ def search_resume(
         _fail(error)
     if search.status == "completed":
         _fail(ValueError(f"search {search_id} has completed its budget; nothing to resume"))
+    if search.status in ("running", "stopping") and not force:
+        _fail(
+            ValueError(
+                f"search {search_id} is {search.status}: its runner may still be alive. If it died "
+                f"(killed, machine lost), resume with --force; two runners on one search repeat work"
+            )
+        )
     _run(store, search_id, db, ray_address, detach)
 
 

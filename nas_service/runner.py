@@ -86,43 +86,52 @@ class SearchRun:
             elif episode.status == "failed":
                 self.store.requeue_episode(search_id, episode.number)  # died between fail and retry
         for episode in self.store.unfinished_episodes(search_id):
-            if episode.status == "running":
-                self.store.requeue_episode(search_id, episode.number)
+            if episode.status == "running":  # the runner died, not the trial: no attempt used
+                self.store.requeue_episode(search_id, episode.number, refund_attempt=True)
             self.queue.append(episode.number)
 
     # -- proposing -------------------------------------------------------------------------------
 
-    def next_episode(self, worker: str) -> int | str:
-        """The episode number to train next, or ``FINISHED`` when the search should stop."""
-        if self._should_stop():
-            return FINISHED
-        if self.queue:
-            number = self.queue.popleft()
-        else:
-            number = self._propose_uncached()
-            if number is None:
+    def next_episode(self, worker: str) -> int | str | None:
+        """The episode number to train next, ``None`` for "not yet", or ``FINISHED``.
+
+        Retries and episodes left over from a crash come first; then new proposals. Either is served
+        from the cache instead when its architecture already has a reward in this search.
+        """
+        while True:
+            if self._should_stop():
                 return FINISHED
+            number = self.queue.popleft() if self.queue else self._propose()
+            if number is None:
+                # A running trial may still fail and queue a retry: finish only when none is running.
+                return FINISHED if self.in_flight == 0 else None
+            if not self._answer_from_cache(number):
+                break
         self.store.start_episode(self.search.id, number, worker)
         self.in_flight += 1
         return number
 
-    def _propose_uncached(self) -> int | None:
-        """Propose until a new architecture comes up; ones already trained are served from the cache."""
-        search_id = self.search.id
-        while not self._budget_spent():
-            proposal, arch = self.controller.propose()
-            self._checkpoint()
-            episode = self.store.add_episode(search_id, proposal.id, arch.to_dict(), arch.canonical_hash())
-            cached = self.store.find_completed_by_hash(search_id, episode.arch_hash)
-            if cached is None:
-                return episode.number
-            self.store.record_cached(
-                search_id, episode.number, cached.reward, cached.metrics, cached.flops, cached.params
-            )
-            self._report(proposal.id, cached.reward)
-        return None
+    def _propose(self) -> int | None:
+        """A new episode from the controller, or None when the budget allows no more."""
+        if self.budget_spent():
+            return None
+        proposal, arch = self.controller.propose()
+        self._checkpoint()
+        return self.store.add_episode(self.search.id, proposal.id, arch.to_dict(), arch.canonical_hash()).number
 
-    def _budget_spent(self) -> bool:
+    def _answer_from_cache(self, number: int) -> bool:
+        """Record the episode as ``cached`` if its architecture was trained before in this search."""
+        episode = self.store.get_episode(self.search.id, number)
+        cached = self.store.find_completed_by_hash(self.search.id, episode.arch_hash)
+        if cached is None:
+            return False
+        self.store.record_cached(
+            self.search.id, number, cached.reward, cached.metrics, cached.flops, cached.params
+        )
+        self._report(episode.proposal_id, cached.reward)
+        return True
+
+    def budget_spent(self) -> bool:
         search = self.store.get_search(self.search.id)
         budget = self.config.budget
         if search.num_episodes >= budget.episodes:
@@ -147,7 +156,11 @@ class SearchRun:
         if isinstance(outcome, str):
             self._fail(episode.number, episode.proposal_id, episode.attempts, outcome)
             return
-        reward = self.config.reward.reward(outcome["metrics"], outcome["neck_flops"])
+        try:
+            reward = self.config.reward.reward(outcome["metrics"], outcome["neck_flops"])
+        except ValueError as error:  # e.g. AP is NaN when the reward split has no boxes
+            self._fail(episode.number, episode.proposal_id, episode.attempts, str(error))
+            return
         self.store.complete_episode(
             search_id,
             number,
@@ -220,8 +233,8 @@ class ControllerSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         number = self.run.next_episode(worker=f"ray-trial-{trial_id}")
-        if number == FINISHED:
-            return FINISHED
+        if number is None or number == FINISHED:
+            return number
         episode = self.run.store.get_episode(self.run.search.id, number)
         self.trials[trial_id] = number
         return {
@@ -252,6 +265,7 @@ def run_search(
     run = SearchRun(store, search_id)
     store.set_search_status(search_id, "running")
     resources = run.config.resources
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C reaches us, and the search is marked stopped
     ray.init(
         address=ray_address or os.environ.get("RAY_ADDRESS"),
         ignore_reinit_error=True,
@@ -282,5 +296,5 @@ def run_search(
         raise
     finally:
         ray.shutdown()
-    final = "stopped" if store.get_search(search_id).status == "stopping" else "completed"
-    return store.set_search_status(search_id, final)
+    finished = run.budget_spent() and not store.unfinished_episodes(search_id)
+    return store.set_search_status(search_id, "completed" if finished else "stopped")

@@ -37,7 +37,7 @@ class RewardConfig(StrictModel):
 class FailureConfig(StrictModel):
     max_retries: int = Field(1, ge=0)
     """Re-runs of a failed episode (exception, non-finite loss, killed worker) before giving up."""
-    penalty_reward: float | None = 0.0
+    penalty_reward: float | None = Field(0.0, allow_inf_nan=False)
     """Reward the controller learns for an episode that failed every attempt; None: it learns nothing."""
 
 

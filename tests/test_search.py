@@ -123,7 +123,12 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path, data_root):
     before = {e.number: e for e in store.list_episodes(search_id) if e.status in ("completed", "cached")}
     assert store.get_search(search_id).status == "running"  # killed: nobody marked it
 
-    resumed = _nas("search", "resume", str(search_id), "--db", db, cwd=tmp_path,
+    refused = subprocess.run(
+        [sys.executable, "-m", "nas_service.cli", "search", "resume", str(search_id), "--db", db],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert refused.returncode == 2 and "resume with --force" in refused.stderr
+    resumed = _nas("search", "resume", str(search_id), "--db", db, "--force", cwd=tmp_path,
                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
@@ -134,6 +139,7 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path, data_root):
     assert [e.number for e in episodes] == list(range(6))
     assert all(e.status in ("completed", "cached") for e in episodes)
     assert len({e.proposal_id for e in episodes}) == 6
+    assert all(e.attempts == 1 for e in episodes)  # the run cut short by the kill is not counted
     assert search.num_completed + search.num_cached == 6  # no episode counted twice
     for number, episode in before.items():  # nothing finished before the kill was redone or lost
         assert store.get_episode(search_id, number).reward == episode.reward

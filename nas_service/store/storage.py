@@ -337,10 +337,12 @@ class EpisodeStore:
             error=_text("error", error),
         )
 
-    def requeue_episode(self, search_id: int, number: int) -> EpisodeRecord:
+    def requeue_episode(self, search_id: int, number: int, refund_attempt: bool = False) -> EpisodeRecord:
         """Put a running or failed episode back to ``proposed`` so it is trained again.
 
-        Attempts and the last error are kept; a completed or cached result is never thrown away.
+        Attempts and the last error are kept, except that ``refund_attempt`` takes back the attempt of
+        a run that was cut short by its runner dying rather than by the trial failing. A completed or
+        cached result is never thrown away.
         """
         with self._writing.begin() as session:
             search = _search_row(session, search_id, lock=True)
@@ -352,6 +354,8 @@ class EpisodeStore:
                 )
             if row.status == "failed":
                 search.num_failed -= 1
+            if refund_attempt and row.attempts > 0:
+                row.attempts -= 1
             row.status = "proposed"
             row.reward = row.metrics = row.flops = row.params = row.train_seconds = None
             row.worker = row.started_at = row.finished_at = None
