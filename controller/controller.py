@@ -55,18 +55,18 @@ class Controller:
         self.num_updates = 0
         self.pending: dict[int, Proposal] = {}
         self.rewarded: list[tuple[Proposal, float]] = []
+        # Resolved once: a seed given as a JSON file is not re-read on every proposal.
+        self.seed_architecture: Architecture | None = (
+            None
+            if config.seed_architecture is None
+            else resolve_architecture(config.seed_architecture, config.levels)
+        )
         self.seed_probability: float | None = None
         self.seed_steps = 0
         if config.seed_architecture is not None and pretrain_seed:
             self._pretrain_on_seed()
 
     # -- proposing ---------------------------------------------------------------------------------
-
-    @property
-    def seed_architecture(self) -> Architecture | None:
-        if self.config.seed_architecture is None:
-            return None
-        return resolve_architecture(self.config.seed_architecture, self.config.levels)
 
     def propose(self) -> tuple[Proposal, Architecture]:
         """The next architecture to train; the very first one is the seed architecture, if any."""

@@ -14,8 +14,6 @@ import typer
 
 from controller import Controller, ControllerConfig
 from nas_service.configs import load_config
-from nas_service.progress import SearchProgress
-from nas_service.runner import run_search
 from nas_service.search_config import load_search_config
 from nas_service.store import EpisodeStore, StoreError
 from proxy_trainer.config import ProxyConfig, SyntheticDataConfig
@@ -195,6 +193,10 @@ def _run(store: EpisodeStore, search_id: int, db: Optional[str], ray_address: Op
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         typer.echo(f"search {search_id} running in the background (pid {process.pid}, log {log})")
         return
+    # Imported here: Ray and the runner add a second to the start-up of every other command.
+    from nas_service.progress import SearchProgress
+    from nas_service.runner import run_search
+
     with SearchProgress(store, search_id):
         search = run_search(store, search_id, ray_address=ray_address)
     _print_summary(store, search.id, top=5)

@@ -85,20 +85,20 @@ class NASFPNCell(nn.Module):
         pool = [features[level] for level in arch.levels]
         for (cell, operands, unused), post_op in zip(self._plan, self.post_ops):
             level = cell.output_level
-
-            def read(entry: int) -> torch.Tensor:
-                return resample(pool[entry], sizes[level], upsample=self._pool_levels[entry] > level)
-
-            first, second = (read(entry) for entry in operands)
+            first, second = (self._read(pool, entry, level, sizes[level]) for entry in operands)
             if cell.op == "sum":
                 merged = first + second
             else:
                 merged = self._attention(fine=first, coarse=second)
             for entry in unused:
-                merged = merged + read(entry)
+                merged = merged + self._read(pool, entry, level, sizes[level])
             pool.append(post_op(merged))
         num_inputs = len(arch.levels)
         return {level: pool[num_inputs + index] for level, index in sorted(arch.output_cells().items())}
+
+    def _read(self, pool: list[torch.Tensor], entry: int, level: int, size: tuple[int, ...]) -> torch.Tensor:
+        """Pool entry ``entry`` resampled to the cell's ``level`` (upsampled if it comes from above)."""
+        return resample(pool[entry], size, upsample=self._pool_levels[entry] > level)
 
     def _attention(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
         """``coarse + fine * sigmoid(global_pool(coarse))``: the coarse map gates the fine one."""

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from search_spaces import Architecture, ArchitectureError, MergingCell, fpn, known_architecture, nasfpn
 from search_spaces.space import SearchSpace, resolve_architecture
-from tests.nasfpn_reference import N6, NASFPN_DECODED, P3, P4, P5_OUT, P6, P7_OUT
+from tests.nasfpn_reference import NASFPN_DECODED, P4, P5_OUT, P6, P7_OUT
 
 def test_nasfpn_is_the_published_graph():
     arch = nasfpn()

@@ -296,12 +296,8 @@ class EpisodeStore:
             number,
             "completed",
             **extra,
-            reward=_number("reward", reward),
-            metrics=_optional(_json_object, "metrics", metrics),
-            flops=_optional(_integer, "flops", flops),
-            params=_optional(_integer, "params", params),
+            **_scored_result(reward, metrics, flops, params),
             train_seconds=_optional(_number, "train_seconds", train_seconds, minimum=0.0),
-            error=None,
         )
 
     def record_cached(
@@ -318,11 +314,7 @@ class EpisodeStore:
             search_id,
             number,
             "cached",
-            reward=_number("reward", reward),
-            metrics=_optional(_json_object, "metrics", metrics),
-            flops=_optional(_integer, "flops", flops),
-            params=_optional(_integer, "params", params),
-            error=None,
+            **_scored_result(reward, metrics, flops, params),
         )
 
     def fail_episode(
@@ -549,6 +541,19 @@ class EpisodeStore:
 
 
 # -- rows ------------------------------------------------------------------------------------------
+
+
+def _scored_result(
+    reward: float, metrics: dict[str, Any] | None, flops: int | None, params: int | None
+) -> dict[str, Any]:
+    """The validated columns shared by trained and cached results (a result clears the last error)."""
+    return {
+        "reward": _number("reward", reward),
+        "metrics": _optional(_json_object, "metrics", metrics),
+        "flops": _optional(_integer, "flops", flops),
+        "params": _optional(_integer, "params", params),
+        "error": None,
+    }
 
 
 def _search_row(session: Session, search_id: int, lock: bool = False) -> SearchModel:
