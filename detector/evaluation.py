@@ -30,33 +30,62 @@ def detections_to_coco(
 ) -> list[dict[str, Any]]:
     """COCO result dicts with ``bbox`` [x, y, w, h] in original image pixels.
 
-    ``predictions`` hold xyxy ``boxes`` in the network's input pixels, ``scores`` and ``labels``
-    1..K. A flip is undone in the resized frame, whose width is ``round(orig_w * scale)`` (the width
-    of the tensor the flip mirrored, since the pipelines resize before flipping), then the boxes are
-    divided by ``scale``; this inverts ``ResizeShortSide`` + ``RandomHorizontalFlip`` exactly.
+    ``predictions`` hold xyxy ``boxes`` in the network's input pixels (mapped back by
+    ``to_original_pixels``), ``scores`` and ``labels`` 1..K.
     """
     if len(predictions) != len(targets):
         raise ValueError(f"predictions: {len(predictions)} entries but targets has {len(targets)}")
     results = []
     for index, (prediction, target) in enumerate(zip(predictions, targets)):
-        boxes = prediction["boxes"].detach().to("cpu", torch.float64)
-        if target["flipped"]:
-            boxes = flip_boxes(boxes, resized_size(target["orig_size"], target["scale"])[1])
-        boxes = boxes / target["scale"]
-        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-        scores = prediction["scores"].detach().cpu().tolist()
-        for box, score, label in zip(xywh, scores, prediction["labels"].tolist()):
-            if label not in label_to_category_id:
-                raise ValueError(f"predictions[{index}].labels: no category for label {label}")
-            results.append(
-                {
-                    "image_id": int(target["image_id"]),
-                    "category_id": label_to_category_id[label],
-                    "bbox": box,
-                    "score": score,
-                }
+        boxes = to_original_pixels(prediction["boxes"], target)
+        try:
+            results += coco_results(
+                target["image_id"], boxes, prediction["scores"], prediction["labels"], label_to_category_id
             )
+        except ValueError as error:
+            raise ValueError(f"predictions[{index}].{error}") from None
     return results
+
+
+def to_original_pixels(boxes: Tensor, target: Mapping[str, Any]) -> Tensor:
+    """xyxy boxes (float64, CPU) in the original image's pixels, from the network input's pixels.
+
+    A flip is undone in the resized frame, whose width is ``round(orig_w * scale)`` (the width of the
+    tensor the flip mirrored, since the pipelines resize before flipping), then the boxes are divided
+    by ``scale``; this inverts ``ResizeShortSide`` + ``RandomHorizontalFlip`` exactly.
+    """
+    boxes = boxes.detach().to("cpu", torch.float64)
+    if target["flipped"]:
+        boxes = flip_boxes(boxes, resized_size(target["orig_size"], target["scale"])[1])
+    return boxes / target["scale"]
+
+
+def coco_results(
+    image_id: int, boxes: Tensor, scores: Tensor, labels: Tensor, label_to_category_id: Mapping[int, int]
+) -> list[dict[str, Any]]:
+    """COCO result dicts of one image's xyxy boxes (original pixels) with ``bbox`` as [x, y, w, h]."""
+    boxes = boxes.detach().to("cpu", torch.float64)
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    results = []
+    for box, score, label in zip(xywh, scores.detach().cpu().tolist(), labels.tolist()):
+        if label not in label_to_category_id:
+            raise ValueError(f"labels: no category for label {label}")
+        results.append(
+            {"image_id": int(image_id), "category_id": label_to_category_id[label], "bbox": box, "score": score}
+        )
+    return results
+
+
+def coco_results_by_image(
+    detections: Mapping[int, Mapping[str, Tensor]], label_to_category_id: Mapping[int, int]
+) -> list[dict[str, Any]]:
+    """COCO result dicts of per-image detections (image id -> xyxy ``boxes`` in original pixels,
+    ``scores``, ``labels``)."""
+    return [
+        entry
+        for image_id, found in detections.items()
+        for entry in coco_results(image_id, found["boxes"], found["scores"], found["labels"], label_to_category_id)
+    ]
 
 
 def evaluate_detections(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import box_iou
+from torchvision.ops import batched_nms, box_iou
 
 SOFT_NMS_METHODS: tuple[str, ...] = ("linear", "gaussian", "hard")
 
@@ -124,6 +124,34 @@ def batched_soft_nms(
     keep, kept_scores = keep[by_index], kept_scores[by_index]
     order = kept_scores.argsort(descending=True, stable=True)[:max_detections]
     return keep[order], kept_scores[order]
+
+
+def class_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    method: str,
+    iou_threshold: float,
+    sigma: float = 0.5,
+    score_threshold: float = 1e-3,
+    max_detections: int = 100,
+) -> tuple[Tensor, Tensor]:
+    """Per-class suppression, ``method`` ``"hard"`` (torchvision's ``batched_nms``) or a Soft-NMS
+    method (:func:`batched_soft_nms`; ``score_threshold`` applies to it only); returns
+    ``(keep, kept_scores)`` in decreasing score order, at most ``max_detections``."""
+    if method == "hard":
+        keep = batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]
+        return keep, scores[keep]
+    return batched_soft_nms(
+        boxes,
+        scores,
+        labels,
+        method=method,
+        iou_threshold=iou_threshold,
+        sigma=sigma,
+        score_threshold=score_threshold,
+        max_detections=max_detections,
+    )
 
 
 def standardize_weight(weight: Tensor, eps: float = 1e-5) -> Tensor:

@@ -85,6 +85,10 @@ def load_search_config(path: Path) -> SearchConfig:
     data = read_yaml(path)
     if isinstance(data.get("proxy"), str):
         data["proxy"] = read_yaml(Path(data["proxy"]))
-    config = validate_config(path, data, SearchConfig)
+    return with_absolute_paths(validate_config(path, data, SearchConfig))
+
+
+def with_absolute_paths(config: SearchConfig) -> SearchConfig:
+    """The config with its dataset paths resolved against the working directory."""
     proxy = config.proxy.model_copy(update={"dataset": config.proxy.dataset.absolute()})
     return config.model_copy(update={"proxy": proxy})

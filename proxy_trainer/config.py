@@ -8,17 +8,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from detector.config import DetectorConfig, StrictModel
+from detector.data.prepare import SyntheticDataConfig
 
-
-class SyntheticDataConfig(StrictModel):
-    """Generated once into ``root`` (if absent) by the same code as ``nas dataset synth``."""
-
-    root: Path
-    num_train: int = Field(400, ge=1)
-    num_val: int = Field(100, ge=1)
-    image_size: int = Field(128, ge=32)
-    num_classes: int = Field(8, ge=1)
-    seed: int = 0
+__all__ = ["DatasetConfig", "ProxyConfig", "SyntheticDataConfig", "TrainConfig"]
 
 
 class DatasetConfig(StrictModel):

@@ -2,64 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
+from detector.data.prepare import DatasetPaths, ensure_synthetic_dataset
+from proxy_trainer.config import DatasetConfig
 
-from detector.data.synthetic import generate_synthetic_dataset
-from proxy_trainer.config import DatasetConfig, SyntheticDataConfig
-
-MANIFEST = "synthetic.json"
-
-
-@dataclass(frozen=True)
-class DatasetPaths:
-    train_annotations: Path
-    train_images: Path
-    val_annotations: Path
-    val_images: Path
+__all__ = ["DatasetPaths", "ensure_synthetic_dataset", "prepare_dataset"]
 
 
 def prepare_dataset(config: DatasetConfig) -> DatasetPaths:
     if config.synthetic is None:
         return DatasetPaths(config.train_annotations, config.train_images, config.val_annotations, config.val_images)
     return ensure_synthetic_dataset(config.synthetic)
-
-
-def ensure_synthetic_dataset(config: SyntheticDataConfig) -> DatasetPaths:
-    """Generate the dataset into ``config.root`` unless it is there with the same settings.
-
-    Generation writes to a temporary folder and renames it into place, so parallel workers that
-    race to create it end up sharing one complete copy.
-    """
-    root = config.root
-    wanted = config.model_dump(mode="json", exclude={"root"})
-    if not root.exists():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-        generate_synthetic_dataset(
-            staging, config.num_train, config.num_val, config.image_size, config.num_classes, config.seed
-        )
-        (staging / MANIFEST).write_text(json.dumps(wanted, indent=2, sort_keys=True))
-        staging.chmod(0o755)  # mkdtemp makes it private; workers of other users read it on shared storage
-        try:
-            os.rename(staging, root)
-        except OSError:
-            shutil.rmtree(staging)  # another worker finished first
-    manifest = root / MANIFEST
-    if not manifest.exists():
-        raise ValueError(f"{root}: exists but is not a generated synthetic dataset (no {MANIFEST})")
-    found = json.loads(manifest.read_text())
-    if found != wanted:
-        changed = sorted(k for k in wanted if found.get(k) != wanted[k])
-        raise ValueError(
-            f"{root}: holds a synthetic dataset generated with other settings ({', '.join(changed)}: "
-            f"{ {k: found.get(k) for k in changed} } there, { {k: wanted[k] for k in changed} } wanted); "
-            "remove it or choose another root"
-        )
-    return DatasetPaths(
-        root / "annotations" / "train.json", root / "train", root / "annotations" / "val.json", root / "val"
-    )

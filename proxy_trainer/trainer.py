@@ -7,20 +7,21 @@ status ``failed`` and the reason, instead of a reward.
 
 from __future__ import annotations
 
-import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
-from detector.data import CocoDetection, collate_padded, test_transforms, train_transforms
-from detector.evaluation import detections_to_coco, evaluate_detections
+from detector.data import CocoDetection, collate_padded, train_transforms
+from detector.engine.runtime import resolve_device, seed_everything
+from detector.engine.schedule import lr_factor
+from detector.engine.step import apply_gradients, compute_losses, loss_summary
+from detector.evaluation import coco_results_by_image, evaluate_detections
+from detector.inference import detect, view_transform
 from detector.modeling import CascadeRCNN
 from proxy_trainer.config import ProxyConfig
-from proxy_trainer.data import prepare_dataset
+from proxy_trainer.data import DatasetPaths, prepare_dataset
 from search_spaces.architecture import Architecture
 from search_spaces.cost import neck_cost
 
@@ -55,10 +56,10 @@ def train_proxy(architecture: Architecture, config: ProxyConfig) -> ProxyResult:
     """Train a detector with ``architecture`` as its NAS-FPN cell from scratch and evaluate it."""
     start = time.perf_counter()
     train = config.train
-    device = _device(train.device)
+    device = resolve_device(train.device)
     if train.threads is not None:
         torch.set_num_threads(train.threads)
-    _seed_everything(train.seed)
+    seed_everything(train.seed)
     paths = prepare_dataset(config.dataset)
     train_set = CocoDetection(
         paths.train_annotations,
@@ -107,29 +108,17 @@ def _train(
         params, lr=train.learning_rate, momentum=train.momentum, weight_decay=train.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: learning_rate_factor(it, config))
-    use_amp = train.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=train.amp and device.type == "cuda")
     batches = _batches(dataset, train.batch_size, train.seed)
     model.train()
     for iteration in range(train.iterations):
-        images, image_sizes, targets = next(batches)
-        images = images.to(device)
-        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, enabled=use_amp):
-            losses = model(images, image_sizes, targets)
+        losses = compute_losses(model, next(batches), device, train.amp)
         loss = sum(losses.values())
         if train.inject_nonfinite_loss_at == iteration:
             loss = loss * float("nan")
         if not torch.isfinite(loss):
-            parts = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in losses.items())
-            return f"non-finite loss {float(loss.detach())} at iteration {iteration} ({parts})"
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if train.grad_clip is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+            return f"non-finite loss {float(loss.detach())} at iteration {iteration} ({loss_summary(losses)})"
+        apply_gradients(loss, optimizer, scaler, params, train.grad_clip)
         scheduler.step()
         result.loss_curve.append(float(loss.detach()))
         result.iterations = iteration + 1
@@ -139,36 +128,17 @@ def _train(
 def learning_rate_factor(iteration: int, config: ProxyConfig) -> float:
     """Linear warm-up from ``warmup_factor``, then cosine decay to zero at the last iteration."""
     train = config.train
-    if iteration < train.warmup_iterations:
-        alpha = iteration / train.warmup_iterations
-        return train.warmup_factor * (1 - alpha) + alpha
-    span = max(train.iterations - train.warmup_iterations, 1)
-    progress = (iteration - train.warmup_iterations) / span
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return lr_factor(iteration, train.iterations, train.warmup_iterations, train.warmup_factor, "cosine")
 
 
-@torch.no_grad()
-def _evaluate(model: CascadeRCNN, config: ProxyConfig, paths, device: torch.device) -> dict[str, float]:
+def _evaluate(model: CascadeRCNN, config: ProxyConfig, paths: DatasetPaths, device: torch.device) -> dict[str, float]:
     train = config.train
-    val_set = CocoDetection(
-        paths.val_annotations,
-        paths.val_images,
-        transforms=test_transforms(train.eval_short_side, train.eval_max_size),
-        train=False,
-    )
+    val_set = CocoDetection(paths.val_annotations, paths.val_images, train=False)
     indices = list(range(len(val_set)))[: config.dataset.max_val_images]
-    model.eval()
-    detections, image_ids = [], []
-    for start in range(0, len(indices), train.eval_batch_size):
-        images, image_sizes, targets = collate_padded(
-            [val_set[i] for i in indices[start : start + train.eval_batch_size]]
-        )
-        with torch.autocast(device.type, enabled=train.amp and device.type == "cuda"):
-            predictions = model(images.to(device), image_sizes)
-        predictions = [{k: v.float().cpu() for k, v in p.items()} for p in predictions]
-        detections += detections_to_coco(predictions, targets, val_set.label_to_category_id)
-        image_ids += [t["image_id"] for t in targets]
-    return evaluate_detections(val_set.coco, detections, image_ids)
+    transform = view_transform(train.eval_short_side, train.eval_max_size)
+    found = detect(model, val_set, indices, transform, train.eval_batch_size, device, train.amp)
+    detections = coco_results_by_image(found, val_set.label_to_category_id)
+    return evaluate_detections(val_set.coco, detections, list(found))
 
 
 def _batches(dataset: CocoDetection, batch_size: int, seed: int) -> Iterator[tuple]:
@@ -179,17 +149,3 @@ def _batches(dataset: CocoDetection, batch_size: int, seed: int) -> Iterator[tup
         order = torch.randperm(len(dataset), generator=generator).tolist()
         for start in range(0, len(order) - batch_size + 1, batch_size):
             yield collate_padded([dataset[i] for i in order[start : start + batch_size]])
-
-
-def _device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device: 'cuda' requested but no CUDA device is available")
-    return torch.device(choice)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

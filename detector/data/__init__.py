@@ -1,6 +1,13 @@
 """Detection data: COCO-format datasets (COCO, Objects365), transforms, batching, a synthetic set."""
 
-from detector.data.coco import CocoDetection, DatasetError, LoadReport, coco_api, objects365_v2_path
+from detector.data.coco import (
+    CocoDetection,
+    DatasetError,
+    LoadReport,
+    annotation_labels,
+    coco_api,
+    objects365_v2_path,
+)
 from detector.data.synthetic import SyntheticDataset, generate_synthetic_dataset, synthetic_classes
 from detector.data.transforms import (
     Compose,
@@ -19,6 +26,7 @@ __all__ = [
     "Compose",
     "DatasetError",
     "LoadReport",
+    "annotation_labels",
     "Normalize",
     "RandomHorizontalFlip",
     "ResizeShortSide",

@@ -127,6 +127,10 @@ class CocoDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._images)
 
+    def labels_per_image(self) -> list[np.ndarray]:
+        """Each served image's box labels (1..K, one per box served in its target)."""
+        return np.split(self._labels, self._offsets[1:-1])
+
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         """``(image, target)``; target holds ``boxes`` (xyxy), ``labels``, ``iscrowd``, ``image_id``,
         ``orig_size`` (H, W), ``scale`` (resized / original) and ``flipped``."""
@@ -213,6 +217,29 @@ class CocoDetection(torch.utils.data.Dataset):
                 stacklevel=3,
             )
         return num_dropped, num_clipped, int(((crowd == 1) & valid).sum())
+
+
+def annotation_labels(ann_file: str | Path) -> tuple[list[str], list[np.ndarray]]:
+    """Class names in label order and every listed image's non-crowd box labels, from the file alone.
+
+    Boxes are kept as ``CocoDetection(train=True)`` keeps them, but no image is looked for on disk,
+    so sampling statistics can be computed where only the annotations are.
+    """
+    path = Path(ann_file)
+    parsed = _Parser(str(path), _read_json(path))
+    label_of = {category["id"]: label for label, category in enumerate(parsed.categories, 1)}
+    position = {image["id"]: index for index, image in enumerate(parsed.images)}
+    anns = parsed.annotations
+    image_index = np.array([position[ann["image_id"]] for ann in anns], dtype=np.int64)
+    sizes = np.array([(image["width"], image["height"]) for image in parsed.images], dtype=np.float64)
+    xywh = np.array([ann["bbox"] for ann in anns], dtype=np.float64).reshape(-1, 4)
+    _, valid, _ = _clip_boxes(xywh, sizes.reshape(-1, 2)[image_index])
+    keep = valid & (np.array([ann["iscrowd"] for ann in anns], dtype=np.int64) == 0)
+    labels = np.array([label_of[ann["category_id"]] for ann in anns], dtype=np.int64)
+    order = np.argsort(image_index[keep], kind="stable")
+    counts = np.bincount(image_index[keep], minlength=len(parsed.images))
+    per_image = np.split(labels[keep][order], np.cumsum(counts)[:-1])
+    return [category["name"] for category in parsed.categories], per_image
 
 
 def _clip_boxes(xywh: np.ndarray, image_wh: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import _utils as det_utils
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import MultiScaleRoIAlign, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from detector.config import CascadeConfig, PostProcessConfig
 from detector.modeling.box_head import BoxPredictor, ConvFCBoxHead
-from detector.ops import batched_soft_nms
+from detector.ops import class_nms
 
 ImageSizes = list[tuple[int, int]]
 
@@ -205,18 +205,14 @@ class CascadeRoIHeads(nn.Module):
         boxes, class_scores, labels = boxes[keep], class_scores[keep], labels[keep]
         keep = remove_small_boxes(boxes, min_size=1e-2)
         boxes, class_scores, labels = boxes[keep], class_scores[keep], labels[keep]
-        if post.nms == "hard":
-            keep = batched_nms(boxes, class_scores, labels, post.iou_threshold)[: post.detections_per_image]
-            kept_scores = class_scores[keep]
-        else:
-            keep, kept_scores = batched_soft_nms(
-                boxes,
-                class_scores,
-                labels,
-                method=post.nms,
-                iou_threshold=post.iou_threshold,
-                sigma=post.sigma,
-                score_threshold=post.soft_score_threshold,
-                max_detections=post.detections_per_image,
-            )
+        keep, kept_scores = class_nms(
+            boxes,
+            class_scores,
+            labels,
+            method=post.nms,
+            iou_threshold=post.iou_threshold,
+            sigma=post.sigma,
+            score_threshold=post.soft_score_threshold,
+            max_detections=post.detections_per_image,
+        )
         return {"boxes": boxes[keep], "scores": kept_scores, "labels": labels[keep]}

@@ -1,0 +1,7 @@
+"""Full-size training and testing of the searched detector: config, trainer, checkpoints, distribution."""
+
+from detector.engine.config import DetectorTrainingConfig
+from detector.engine.model import build_detector, detector_config
+from detector.engine.trainer import TrainingError, TrainResult, train
+
+__all__ = ["DetectorTrainingConfig", "TrainResult", "TrainingError", "build_detector", "detector_config", "train"]

@@ -1,0 +1,137 @@
+"""``nas eval``: test one checkpoint or an ensemble on the evaluation split, score it with pycocotools."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from detector.checkpoint import model_state
+from detector.data.coco import CocoDetection
+from detector.engine.checkpointing import load_checkpoint
+from detector.engine.config import DetectorTrainingConfig, FullDetectorConfig
+from detector.engine.runtime import resolve_device
+from detector.evaluation import coco_results_by_image, evaluate_detections
+from detector.inference import Detections, detect, detect_tta, fuse, view_transform
+from detector.modeling import CascadeRCNN
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    """AP, AP50, AP75, APs, APm, APl (NaN where the ground truth has no such object)."""
+    detections: list[dict[str, Any]]
+    """COCO result dicts, as ``write_detections`` saves them."""
+    num_images: int
+    seconds: float
+    """Wall time of detection and fusion (not of scoring)."""
+
+
+def evaluate(
+    config: DetectorTrainingConfig, checkpoints: Sequence[Path], tta: bool = False, log: Log = print
+) -> EvalResult:
+    """Detect the evaluation split with each checkpoint (``tta``: multi-scale + flip), fuse several
+    checkpoints' detections with ``test.ensemble``, and score them."""
+    if not checkpoints:
+        raise ValueError("checkpoints: give at least one")
+    device = resolve_device(config.train.device)
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
+    dataset = config.dataset.load("val")
+    indices = list(range(len(dataset)))[: config.dataset.max_val_images]
+    start = time.perf_counter()
+    per_model = []
+    for path in checkpoints:
+        model = load_for_testing(config, path, dataset.class_names).to(device)
+        log(f"testing {path} on {len(indices)} images ({'TTA' if tta else 'single scale'})")
+        per_model.append(_detect(config, model, dataset, indices, tta, device))
+    detections = per_model[0] if len(per_model) == 1 else _fuse(config, per_model, dataset, indices)
+    seconds = time.perf_counter() - start
+    results = coco_results_by_image(detections, dataset.label_to_category_id)
+    metrics = evaluate_detections(dataset.coco, results, list(detections))
+    return EvalResult(metrics, results, len(indices), seconds)
+
+
+def load_for_testing(config: DetectorTrainingConfig, path: Path, class_names: list[str]) -> CascadeRCNN:
+    """The detector a checkpoint holds, with ``config``'s test-time settings.
+
+    A training checkpoint carries its own detector config, so ensemble members may differ in
+    backbone or neck; its cascade ``test_mode`` / weights, RPN test sizes and post-processing are
+    replaced by ``config``'s. A bare state dict is taken to be ``config.detector``'s model.
+    """
+    state = load_checkpoint(path)
+    if "config" in state:
+        stored = FullDetectorConfig.model_validate(state["config"]["detector"])
+        stored_names = state["class_names"]
+    else:
+        stored, stored_names = config.detector, None
+    if stored_names is not None and list(stored_names) != list(class_names):
+        raise ValueError(f"{path}: trained on other classes than the evaluation split's")
+    wanted = config.detector
+    detector = stored.model_copy(
+        update={
+            "num_classes": len(class_names),
+            "cascade": stored.cascade.model_copy(
+                update={"test_mode": wanted.cascade.test_mode, "adaptive_weights": wanted.cascade.adaptive_weights}
+            ),
+            "rpn": stored.rpn.model_copy(
+                update={
+                    "pre_nms_top_n_test": wanted.rpn.pre_nms_top_n_test,
+                    "post_nms_top_n_test": wanted.rpn.post_nms_top_n_test,
+                }
+            ),
+            "postprocess": wanted.postprocess,
+        }
+    )
+    model = CascadeRCNN(detector)
+    missing, unexpected = model.load_state_dict(model_state(state), strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: does not fit the detector config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model
+
+
+def _detect(
+    config: DetectorTrainingConfig,
+    model: CascadeRCNN,
+    dataset: CocoDetection,
+    indices: list[int],
+    tta: bool,
+    device: torch.device,
+) -> dict[int, Detections]:
+    test, workers = config.test, config.dataset.num_workers
+    if tta:
+        return detect_tta(
+            model, dataset, indices, test.tta.short_sides, test.tta.max_size, test.tta.flip,
+            test.tta.detections_per_view, test.batch_size, device, config.train.amp, workers,
+        )
+    transform = view_transform(test.short_side, test.max_size)
+    return detect(model, dataset, indices, transform, test.batch_size, device, config.train.amp, workers)
+
+
+def _fuse(
+    config: DetectorTrainingConfig,
+    per_model: list[dict[int, Detections]],
+    dataset: CocoDetection,
+    indices: list[int],
+) -> dict[int, Detections]:
+    ensemble = config.test.ensemble
+    infos = [dataset.coco.imgs[dataset.image_ids[i]] for i in indices]
+    sizes = {info["id"]: (info["height"], info["width"]) for info in infos}
+    return fuse(
+        per_model,
+        sizes,
+        ensemble.method,
+        ensemble.iou_threshold,
+        ensemble.skip_score_threshold,
+        ensemble.weights,
+        ensemble.detections_per_image,
+        ensemble.soft_nms_method,
+        ensemble.sigma,
+    )

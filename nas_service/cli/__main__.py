@@ -1,0 +1,3 @@
+from nas_service.cli import app
+
+app()

@@ -1,0 +1,125 @@
+"""``nas search``: start, resume, stop and inspect searches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nas_service.cli.common import DB_OPTION, RAY_OPTION, fail, open_store, store_url
+from nas_service.launcher import StateConflict, check_resumable, create_search, launch_runner, request_stop
+from nas_service.search_config import load_search_config
+from nas_service.store import EpisodeStore, StoreError
+from search_spaces import Architecture
+
+search_app = typer.Typer(help="Run and inspect searches.", no_args_is_help=True)
+DETACH_OPTION = typer.Option(False, "--detach", help="Run in the background; the log goes to data/logs/.")
+
+
+def _run(store: EpisodeStore, search_id: int, db: Optional[str], ray_address: Optional[str], detach: bool) -> None:
+    if detach:
+        where = launch_runner(search_id, store_url(db), ray_address)
+        typer.echo(f"search {search_id} running in the background ({where})")
+        return
+    # Imported here: Ray and the runner add a second to the start-up of every other command.
+    from nas_service.progress import SearchProgress
+    from nas_service.runner import run_search
+
+    with SearchProgress(store, search_id):
+        search = run_search(store, search_id, ray_address=ray_address)
+    _print_summary(store, search.id, top=5)
+
+
+@search_app.command("start")
+def search_start(
+    config_path: Path = typer.Option(..., "-c", "--config", help="Search config YAML (see configs/search/)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Unique name (default: config name + time)."),
+    db: Optional[str] = DB_OPTION,
+    ray_address: Optional[str] = RAY_OPTION,
+    detach: bool = DETACH_OPTION,
+) -> None:
+    """Create a search from a config and run it, with a live progress display."""
+    try:
+        config = load_search_config(config_path)
+    except ValueError as error:
+        fail(error)
+    store = open_store(db)
+    try:
+        search = create_search(store, config, name, default_stem=config_path.stem)
+    except StoreError as error:
+        fail(error)
+    typer.echo(f"search {search.id} ({search.name}) created")
+    _run(store, search.id, db, ray_address, detach)
+
+
+@search_app.command("resume")
+def search_resume(
+    search_id: int = typer.Argument(..., help="Search id."),
+    db: Optional[str] = DB_OPTION,
+    ray_address: Optional[str] = RAY_OPTION,
+    detach: bool = DETACH_OPTION,
+    force: bool = typer.Option(False, "--force", help="Resume a search marked running or stopping, whose runner died."),
+) -> None:
+    """Continue a stopped, failed or killed search from the store."""
+    store = open_store(db)
+    try:
+        check_resumable(store.get_search(search_id), force)
+    except (StoreError, StateConflict) as error:
+        fail(error)
+    _run(store, search_id, db, ray_address, detach)
+
+
+@search_app.command("stop")
+def search_stop(search_id: int = typer.Argument(..., help="Search id."), db: Optional[str] = DB_OPTION) -> None:
+    """Ask a running search to stop: no new episodes; running ones finish and are recorded."""
+    store = open_store(db)
+    try:
+        request_stop(store, search_id)
+    except (StoreError, StateConflict) as error:
+        fail(error)
+    typer.echo(f"search {search_id} is stopping; resume it with `nas search resume {search_id}`")
+
+
+@search_app.command("list")
+def search_list(db: Optional[str] = DB_OPTION) -> None:
+    """List searches with their progress and best reward."""
+    store = open_store(db)
+    typer.echo(f"{'id':>4}  {'name':28} {'status':9} {'episodes':>10} {'failed':>6} {'best':>8}")
+    for search in store.list_searches():
+        best = f"{search.best_reward:.4f}" if search.best_reward is not None else "-"
+        budget = search.budget_episodes or 0
+        typer.echo(
+            f"{search.id:>4}  {search.name[:28]:28} {search.status:9} "
+            f"{search.num_episodes:>4}/{budget:<5} {search.num_failed:>6} {best:>8}"
+        )
+
+
+@search_app.command("show")
+def search_show(
+    search_id: int = typer.Argument(..., help="Search id."),
+    top: int = typer.Option(5, "--top", min=1, help="How many of the best architectures to list."),
+    db: Optional[str] = DB_OPTION,
+) -> None:
+    """A search's summary and its best architectures."""
+    store = open_store(db)
+    try:
+        _print_summary(store, search_id, top)
+    except StoreError as error:
+        fail(error)
+
+
+def _print_summary(store: EpisodeStore, search_id: int, top: int) -> None:
+    search = store.get_search(search_id)
+    typer.echo(f"search {search.id} ({search.name}): {search.status}")
+    typer.echo(
+        f"episodes {search.num_episodes}/{search.budget_episodes}: {search.num_completed} trained, "
+        f"{search.num_cached} cached, {search.num_failed} failed, {search.num_unique} unique architectures"
+    )
+    if search.error:
+        typer.echo(f"error: {search.error}")
+    for rank, episode in enumerate(store.top_episodes(search_id, top), 1):
+        arch = Architecture.from_dict(episode.architecture)
+        typer.echo(
+            f"#{rank} episode {episode.number:4d}  reward {episode.reward:.4f}  {episode.arch_hash[:12]}  {arch}"
+        )

@@ -1,0 +1,84 @@
+"""Create searches and launch their runners: the one path shared by ``nas search`` and the REST API.
+
+A runner is ``nas search resume ID`` in a process of its own, so whoever launched it (a terminal, the
+API server) can exit or restart without harming the search. Given the HTTP address of a Ray cluster's
+job server (``http://head:8265``), the runner is submitted there as a Ray job instead.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from nas_service.search_config import SearchConfig
+from nas_service.store import EpisodeStore, SearchRecord
+
+LOG_DIR = Path("data/logs")
+
+
+def create_search(store: EpisodeStore, config: SearchConfig, name: str | None, default_stem: str) -> SearchRecord:
+    """Store a new search; without a name it is called ``<default_stem>-<time>``."""
+    budget = config.budget
+    return store.create_search(
+        name or f"{default_stem}-{datetime.now():%Y%m%d-%H%M%S}",
+        config.model_dump(mode="json"),
+        budget_episodes=budget.episodes,
+        budget_unique=budget.unique,
+        budget_seconds=budget.seconds,
+    )
+
+
+def runner_command(search_id: int, db_url: str, ray_address: str | None, force: bool = False) -> list[str]:
+    """The command line of the runner process for ``search_id``."""
+    command = ["-m", "nas_service.cli", "search", "resume", str(search_id), "--db", db_url]
+    command += ["--ray-address", ray_address] if ray_address else []
+    command += ["--force"] if force else []
+    return command
+
+
+def launch_runner(search_id: int, db_url: str, ray_address: str | None = None, force: bool = False) -> str:
+    """Start the runner detached from the caller; returns where it runs (pid and log, or Ray job id)."""
+    if ray_address and ray_address.startswith(("http://", "https://")):
+        from ray.job_submission import JobSubmissionClient
+
+        # The same interpreter path: the cluster runs the same image (or virtualenv) as this server.
+        entrypoint = shlex.join([sys.executable, *runner_command(search_id, db_url, "auto", force)])
+        job_id = JobSubmissionClient(ray_address).submit_job(entrypoint=entrypoint)
+        return f"Ray job {job_id} on {ray_address}"
+    log = LOG_DIR / f"search-{search_id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, *runner_command(search_id, db_url, ray_address, force)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return f"pid {process.pid}, log {log}"
+
+
+class StateConflict(ValueError):
+    """The search's state does not allow the action (the API answers 409)."""
+
+
+def check_resumable(search: SearchRecord, force: bool = False) -> None:
+    """Refuse a completed search, and a running or stopping one (its runner may live) unless forced."""
+    if search.status == "completed":
+        raise StateConflict(f"search {search.id} has completed its budget; nothing to resume")
+    if search.status in ("running", "stopping") and not force:
+        raise StateConflict(
+            f"search {search.id} is {search.status}: its runner may still be alive. If it died "
+            f"(killed, machine lost), resume with --force; two runners on one search repeat work"
+        )
+
+
+def request_stop(store: EpisodeStore, search_id: int) -> SearchRecord:
+    """Ask a running search's runner to stop: it proposes nothing more and records what is running."""
+    search = store.get_search(search_id)
+    if search.status != "running":
+        raise StateConflict(f"search {search_id} is {search.status}, not running")
+    return store.set_search_status(search_id, "stopping")
