@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 
 # Re-installs only when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -14,19 +14,34 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The dashboard's browser test drives Debian's Chromium with Playwright (no browser download).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
+browser: $(CHROMIUM)
+
 # A real search: synthetic data (generated on first use), SQLite in data/nas.db, a local Ray.
 demo: setup
 	$(BIN)/nas search start --config configs/search/demo.yaml
 	$(BIN)/nas arch show nasfpn --output out/nasfpn.svg
 	$(BIN)/nas arch show fpn --output out/fpn.svg
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
-bench: setup
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: setup browser $(BENCH_STAMP)
 	$(BIN)/python -m bench.controller
 	$(BIN)/python -m bench.proxy
 	$(BIN)/python -m bench.search
+	$(BIN)/python -m bench.api
 
 clean:
 	rm -rf $(VENV) out data .pytest_cache .hypothesis *.egg-info

@@ -126,7 +126,7 @@ def test_search_crud_and_errors(store):
         ({"name": " ", "config": {}}, "name: expected a non-empty string"),
         ({"name": "x", "config": [1]}, "config: expected a JSON object"),
         ({"name": "x", "config": {"lr": math.nan}}, "config: not storable as JSON"),
-        ({"name": "x", "config": {}, "budget_episodes": 0}, "budget_episodes: expected an integer >= 1"),
+        ({"name": "x", "config": {}, "budget_episodes": 0}, "budget_episodes: expected an integer from 1 to 2147483647"),
         ({"name": "x", "config": {}, "budget_seconds": math.inf}, "budget_seconds: expected a finite number"),
     ]:
         with pytest.raises(StoreError, match=message):
@@ -196,7 +196,7 @@ def test_episode_numbering_and_lifecycle(store):
             store.add_episode(search.id, 0, ARCH, arch_hash(0), status=status)
     with pytest.raises(StoreError, match="arch_hash: expected 64 lowercase hex digits"):
         store.add_episode(search.id, 0, ARCH, "abc")
-    with pytest.raises(StoreError, match="proposal_id: expected an integer >= 0, got -1"):
+    with pytest.raises(StoreError, match="proposal_id: expected an integer from 0 to 2147483647, got -1"):
         store.add_episode(search.id, -1, ARCH, arch_hash(0))
     with pytest.raises(SearchNotFound):
         store.add_episode(search.id + 1000, 0, ARCH, arch_hash(0))
@@ -325,7 +325,7 @@ def test_sorting_filtering_and_paging(store):
         store.list_episodes(search.id, status="done")
     with pytest.raises(StoreError, match="status: 'done'"):
         store.count_episodes(search.id, status="done")
-    with pytest.raises(StoreError, match="limit: expected an integer >= 1, got 0"):
+    with pytest.raises(StoreError, match="limit: expected an integer from 1 to 2147483647, got 0"):
         store.list_episodes(search.id, limit=0)
 
 
@@ -350,7 +350,7 @@ def test_top_episodes_and_cache_lookup(store):
     assert store.find_completed_by_hash(search.id, b).number == 1
     assert store.find_completed_by_hash(search.id, c) is None
     assert store.find_completed_by_hash(search.id, arch_hash("unseen")) is None
-    with pytest.raises(StoreError, match="k: expected an integer >= 1"):
+    with pytest.raises(StoreError, match="k: expected an integer from 1 to 2147483647"):
         store.top_episodes(search.id, 0)
 
 
@@ -394,6 +394,33 @@ def test_checkpoints_round_trip(store):
     assert store.latest_checkpoint(search.id).state == b"\x00third\xff"
     with pytest.raises(SearchNotFound):
         store.save_checkpoint(search.id + 1000, 1, 0, b"x")
+
+
+def test_entropy_history_outlives_pruned_checkpoints(store):
+    search = store.create_search("s", {})
+    for update in range(1, 7):
+        store.save_checkpoint(search.id, update, update * 8, b"state", entropy=30.0 - update, keep_last=2)
+    store.save_checkpoint(search.id, 7, 56, b"state", entropy=None, keep_last=2)
+    history = store.entropy_history(search.id)
+    assert [(p.update_number, p.episodes_reported, p.entropy) for p in history] == [
+        (update, update * 8, 30.0 - update) for update in range(1, 7)
+    ]
+    assert [p.update_number for p in store.entropy_history(search.id, after_update=4)] == [5, 6]
+
+
+def test_episode_series_marks_first_proposals_of_each_architecture(store):
+    search = store.create_search("s", {})
+    keys = ["a", "b", "a", "c", "b", "a"]
+    for number, key in enumerate(keys):
+        store.add_episode(search.id, number, ARCH, arch_hash(key))
+    store.start_episode(search.id, 0, "w")
+    store.complete_episode(search.id, 0, reward=0.5)
+    series = store.episode_series(search.id)
+    assert [p.number for p in series] == list(range(6))
+    assert [p.first_of_architecture for p in series] == [True, True, False, True, False, False]
+    assert (series[0].status, series[0].reward) == ("completed", 0.5) and series[1].reward is None
+    assert [p.number for p in store.episode_series(search.id, after=3)] == [4, 5]
+    assert [p.first_of_architecture for p in store.episode_series(search.id, after=2)] == [True, False, False]
 
 
 def test_delete_cascades_to_episodes_and_checkpoints(store, url):

@@ -4,28 +4,35 @@
 (``postgresql+psycopg://...``), upgrading the schema with the Alembic revisions shipped here.
 """
 
-from nas_service.store.errors import EpisodeNotFound, NotFound, SearchNotFound, StoreError
+from nas_service.store.errors import Conflict, EpisodeNotFound, NotFound, SearchNotFound, StoreError
 from nas_service.store.migrate import upgrade_database
 from nas_service.store.schema import EPISODE_STATUSES, SEARCH_STATUSES
 from nas_service.store.storage import (
     EPISODE_SORTS,
+    INT32_MAX,
     CheckpointRecord,
+    EntropyPoint,
     EpisodeRecord,
     EpisodeStore,
     SearchRecord,
+    SeriesPoint,
 )
 
 __all__ = [
+    "Conflict",
     "EPISODE_SORTS",
     "EPISODE_STATUSES",
+    "INT32_MAX",
     "SEARCH_STATUSES",
     "CheckpointRecord",
+    "EntropyPoint",
     "EpisodeNotFound",
     "EpisodeRecord",
     "EpisodeStore",
     "NotFound",
     "SearchNotFound",
     "SearchRecord",
+    "SeriesPoint",
     "StoreError",
     "upgrade_database",
 ]

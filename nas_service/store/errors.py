@@ -19,3 +19,7 @@ class SearchNotFound(NotFound):
 
 class EpisodeNotFound(NotFound):
     """No episode with the given number in the search."""
+
+
+class Conflict(StoreError):
+    """A write that clashes with what is stored: a taken name, a repeated checkpoint, a finished episode."""

@@ -150,3 +150,15 @@ class ControllerCheckpointModel(Base):
     state: Mapped[bytes] = mapped_column(LargeBinary)
     entropy: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ControllerUpdateModel(Base):
+    """One row per controller update with its entropy; unlike checkpoints, never pruned."""
+
+    __tablename__ = "controller_updates"
+
+    search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True)
+    update_number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    episodes_reported: Mapped[int] = mapped_column(Integer)
+    entropy: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

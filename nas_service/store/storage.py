@@ -23,12 +23,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from nas_service.store.engine import create_store_engine, writer
-from nas_service.store.errors import EpisodeNotFound, SearchNotFound, StoreError
+from nas_service.store.errors import Conflict, EpisodeNotFound, SearchNotFound, StoreError
 from nas_service.store.migrate import upgrade_engine
 from nas_service.store.schema import (
     EPISODE_STATUSES,
     SEARCH_STATUSES,
     ControllerCheckpointModel,
+    ControllerUpdateModel,
     EpisodeModel,
     SearchModel,
     utcnow,
@@ -48,6 +49,9 @@ _SORT_COLUMNS = {
     "finished_at": EpisodeModel.finished_at,
     "flops": EpisodeModel.flops,
 }
+INT32_MAX = 2**31 - 1
+"""The largest id, number or count the INTEGER columns hold on every backend."""
+INT64_MAX = 2**63 - 1
 _ARCH_HASH = re.compile(r"[0-9a-f]{64}")
 
 
@@ -110,6 +114,24 @@ class CheckpointRecord:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    """One episode reduced to what the progress charts draw."""
+
+    number: int
+    status: str
+    reward: float | None
+    first_of_architecture: bool
+    """The search proposed this architecture here for the first time (counts toward unique ones)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EntropyPoint:
+    update_number: int
+    episodes_reported: int
+    entropy: float
+
+
 Record = TypeVar("Record", SearchRecord, EpisodeRecord, CheckpointRecord)
 
 
@@ -168,7 +190,7 @@ class EpisodeStore:
             try:
                 session.flush()
             except IntegrityError:
-                raise StoreError(f"a search named {name!r} already exists") from None
+                raise Conflict(f"a search named {name!r} already exists") from None
             return _record(SearchRecord, row)
 
     def get_search(self, search_id: int) -> SearchRecord:
@@ -450,6 +472,58 @@ class EpisodeStore:
             _search_row(session, search_id)
             return [_record(EpisodeRecord, row) for row in session.scalars(query)]
 
+    def episode_series(self, search_id: int, after: int | None = None) -> list[SeriesPoint]:
+        """Every episode numbered above ``after`` as a chart point, in ascending order.
+
+        Only narrow columns are read, so a dashboard can draw 10,000 episodes from one request.
+        """
+        first_number = (
+            func.min(EpisodeModel.number).over(partition_by=EpisodeModel.arch_hash).label("first_number")
+        )
+        numbered = (
+            select(EpisodeModel.number, EpisodeModel.status, EpisodeModel.reward, first_number)
+            .where(EpisodeModel.search_id == search_id)
+            .subquery()
+        )
+        query = select(numbered).order_by(numbered.c.number)
+        if after is not None:
+            query = query.where(numbered.c.number > _integer("after", after, minimum=-1))
+        with self._reading() as session:
+            _search_row(session, search_id)
+            return [
+                SeriesPoint(row.number, row.status, row.reward, row.number == row.first_number)
+                for row in session.execute(query)
+            ]
+
+    def finished_through(self, search_id: int) -> int:
+        """The highest N such that episodes 0..N are all finished (-1 if episode 0 is not).
+
+        A poller that passes this as ``after`` sees every later episode again until it finishes, so
+        it never misses a result; asking after the newest number would.
+        """
+        query = select(func.min(EpisodeModel.number)).where(
+            EpisodeModel.search_id == search_id, EpisodeModel.status.in_(UNFINISHED_STATUSES)
+        )
+        with self._reading() as session:
+            search = _search_row(session, search_id)
+            first_unfinished = session.execute(query).scalar_one()
+            return (search.num_episodes if first_unfinished is None else first_unfinished) - 1
+
+    def entropy_history(self, search_id: int, after_update: int | None = None) -> list[EntropyPoint]:
+        """The controller's entropy after each update (numbered above ``after_update``), oldest first."""
+        query = (
+            select(ControllerUpdateModel)
+            .where(ControllerUpdateModel.search_id == search_id)
+            .order_by(ControllerUpdateModel.update_number)
+        )
+        if after_update is not None:
+            newer = ControllerUpdateModel.update_number > _integer("after_update", after_update, minimum=-1)
+            query = query.where(newer)
+        with self._reading() as session:
+            _search_row(session, search_id)
+            rows = session.scalars(query)
+            return [EntropyPoint(row.update_number, row.episodes_reported, row.entropy) for row in rows]
+
     def find_completed_by_hash(self, search_id: int, arch_hash: str) -> EpisodeRecord | None:
         """The first completed (really trained) episode of this architecture, to answer a repeat from."""
         query = (
@@ -491,7 +565,8 @@ class EpisodeStore:
     ) -> CheckpointRecord:
         """Store the controller's ``to_bytes()`` as checkpoint ``update_number`` (increasing).
 
-        A given ``entropy`` also becomes the search's ``last_entropy``. With ``keep_last``, older
+        A given ``entropy`` also becomes the search's ``last_entropy`` and a point of its
+        ``entropy_history()``, which is never pruned. With ``keep_last``, older
         checkpoints beyond the newest ``keep_last`` are deleted in the same transaction, so a runner
         that checkpoints after every event keeps the store small.
         """
@@ -510,11 +585,19 @@ class EpisodeStore:
             try:
                 session.flush()
             except IntegrityError:
-                raise StoreError(
+                raise Conflict(
                     f"search {search_id} already has a checkpoint for update {row.update_number}"
                 ) from None
             if row.entropy is not None:
                 search.last_entropy = row.entropy
+                session.add(
+                    ControllerUpdateModel(
+                        search_id=search.id,
+                        update_number=row.update_number,
+                        episodes_reported=row.episodes_reported,
+                        entropy=row.entropy,
+                    )
+                )
             if keep_last is not None:
                 oldest_kept = row.update_number - _integer("keep_last", keep_last, minimum=1) + 1
                 session.execute(
@@ -550,8 +633,8 @@ def _scored_result(
     return {
         "reward": _number("reward", reward),
         "metrics": _optional(_json_object, "metrics", metrics),
-        "flops": _optional(_integer, "flops", flops),
-        "params": _optional(_integer, "params", params),
+        "flops": _optional(_integer, "flops", flops, maximum=INT64_MAX),
+        "params": _optional(_integer, "params", params, maximum=INT64_MAX),
         "error": None,
     }
 
@@ -585,7 +668,7 @@ def _episode_filter(search_id: int, status: str | None) -> list[ColumnElement[bo
 
 def _require_unfinished(row: EpisodeModel, action: str) -> None:
     if row.status in FINISHED_STATUSES:
-        raise StoreError(
+        raise Conflict(
             f"episode {row.number} of search {row.search_id} is already {row.status}; "
             f"it cannot be {action} again (requeue it first if it failed)"
         )
@@ -610,9 +693,9 @@ def _beats_best(reward: float, number: int, search: SearchModel) -> bool:
 # -- validation: every refusal names the field and the value ------------------------------------------
 
 
-def _integer(name: str, value: Any, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise StoreError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+def _integer(name: str, value: Any, minimum: int = 0, maximum: int = INT32_MAX) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or not minimum <= value <= maximum:
+        raise StoreError(f"{name}: expected an integer from {minimum} to {maximum}, got {value!r}")
     return int(value)
 
 

@@ -1,0 +1,128 @@
+"""``/api/searches``: create, list, inspect, stop, resume, archive and delete searches."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+
+from nas_service.api.deps import UNAUTHORIZED, Authorized, SearchId, Settings, Store, get_settings
+from nas_service.api.schemas import Problem, SearchCreate, SearchDetail, SearchLaunch, SearchResume, SearchSummary
+from nas_service.launcher import StateConflict, check_resumable, create_search, launch_runner, request_stop
+from nas_service.search_config import with_absolute_paths
+
+router = APIRouter(prefix="/api/searches", tags=["searches"])
+ACTIVE = ("running", "stopping")
+"""A runner may be working on a search in these states: it must not be archived or deleted."""
+
+
+@router.get("", response_model=list[SearchSummary])
+def list_searches(store: Store, include_archived: bool = False) -> list[SearchSummary]:
+    return [SearchSummary.from_record(search) for search in store.list_searches(include_archived)]
+
+
+@router.post(
+    "",
+    response_model=SearchLaunch,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=Authorized,
+    responses={**UNAUTHORIZED, 409: {"model": Problem, "description": "The name is taken."}},
+)
+def start_search(
+    body: SearchCreate, store: Store, settings: Annotated[Settings, Depends(get_settings)]
+) -> SearchLaunch:
+    """Store a search from its config and, unless ``start`` is false, launch its runner as the CLI does."""
+    search = create_search(store, with_absolute_paths(body.config), body.name, default_stem="api")
+    runner = launch_runner(search.id, settings.store_url, settings.ray_address) if body.start else None
+    return SearchLaunch(search=SearchSummary.from_record(search), runner=runner)
+
+
+@router.get("/{search_id}", response_model=SearchDetail, responses={404: {"model": Problem}})
+def get_search(search_id: SearchId, store: Store) -> SearchDetail:
+    return SearchDetail.from_record(store.get_search(search_id))
+
+
+@router.post(
+    "/{search_id}/stop",
+    response_model=SearchSummary,
+    dependencies=Authorized,
+    responses={
+        **UNAUTHORIZED,
+        404: {"model": Problem},
+        409: {"model": Problem, "description": "The search is not running."},
+    },
+)
+def stop_search(search_id: SearchId, store: Store) -> SearchSummary:
+    """Ask the runner to stop: nothing new is proposed, running episodes finish and are recorded."""
+    return SearchSummary.from_record(request_stop(store, search_id))
+
+
+@router.post(
+    "/{search_id}/resume",
+    response_model=SearchLaunch,
+    dependencies=Authorized,
+    responses={
+        **UNAUTHORIZED,
+        404: {"model": Problem},
+        409: {"model": Problem, "description": "Completed, or running without force."},
+    },
+)
+def resume_search(
+    search_id: SearchId,
+    store: Store,
+    settings: Annotated[Settings, Depends(get_settings)],
+    body: SearchResume | None = None,
+) -> SearchLaunch:
+    force = body.force if body is not None else False
+    search = store.get_search(search_id)
+    check_resumable(search, force)
+    runner = launch_runner(search_id, settings.store_url, settings.ray_address, force=force)
+    return SearchLaunch(search=SearchSummary.from_record(search), runner=runner)
+
+
+@router.post(
+    "/{search_id}/archive",
+    response_model=SearchSummary,
+    dependencies=Authorized,
+    responses={
+        **UNAUTHORIZED,
+        404: {"model": Problem},
+        409: {"model": Problem, "description": "A runner may be working on it."},
+    },
+)
+def archive_search(search_id: SearchId, store: Store) -> SearchSummary:
+    """Hide a finished search from the default list; nothing is deleted."""
+    _require_idle(store.get_search(search_id).status, search_id, "archived")
+    return SearchSummary.from_record(store.archive_search(search_id))
+
+
+@router.delete(
+    "/{search_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    dependencies=Authorized,
+    responses={
+        **UNAUTHORIZED,
+        404: {"model": Problem},
+        409: {"model": Problem, "description": "Running, or the confirmation does not match the name."},
+    },
+)
+def delete_search(
+    search_id: SearchId,
+    store: Store,
+    confirm: Annotated[str, Query(description="The search's name, to confirm the deletion.")],
+) -> Response:
+    """Delete a search with its episodes and checkpoints, for good."""
+    search = store.get_search(search_id)
+    _require_idle(search.status, search_id, "deleted")
+    if confirm != search.name:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"confirm: give the search's name {search.name!r} to delete it, got {confirm!r}"
+        )
+    store.delete_search(search_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _require_idle(search_status: str, search_id: int, action: str) -> None:
+    if search_status in ACTIVE:
+        raise StateConflict(f"search {search_id} is {search_status}; stop it before it can be {action}")

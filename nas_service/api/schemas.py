@@ -1,0 +1,190 @@
+"""Request and response bodies of the REST API: the OpenAPI schema is generated from these."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nas_service.search_config import SearchConfig
+from nas_service.store import EpisodeRecord, SearchRecord
+
+SearchStatus = Literal["created", "running", "stopping", "stopped", "completed", "failed"]
+EpisodeStatus = Literal["proposed", "running", "completed", "failed", "cached"]
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int]
+    """Where the bad value is, e.g. ``["body", "config", "budget", "episodes"]``."""
+    msg: str
+
+
+class Problem(BaseModel):
+    """Every error response: why the request was refused."""
+
+    detail: str
+    errors: list[FieldProblem] | None = None
+    """For a request that does not validate: each bad field and what is wrong with it."""
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: str
+    """The store's backend (sqlite or postgresql)."""
+    version: str
+
+
+class SearchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    """Unique name; default: ``api-<time>``."""
+    config: SearchConfig
+    """The whole search config, as in ``configs/search/*.yaml`` with the proxy inline."""
+    start: bool = True
+    """Launch the runner right away (false: only store the search; resume it later)."""
+
+
+class SearchResume(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = False
+    """Resume a search marked running or stopping whose runner died."""
+
+
+class SearchSummary(BaseModel):
+    id: int
+    name: str
+    status: SearchStatus
+    archived: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    budget_episodes: int | None
+    budget_unique: int | None
+    budget_seconds: float | None
+    num_episodes: int
+    num_completed: int
+    num_failed: int
+    num_cached: int
+    num_unique: int
+    best_reward: float | None
+    best_episode_number: int | None
+    last_entropy: float | None
+    error: str | None
+    progress: float
+    """Share of the episode budget proposed so far, from 0 to 1."""
+
+    @classmethod
+    def from_record(cls, search: SearchRecord) -> "SearchSummary":
+        budget = search.budget_episodes
+        progress = min(1.0, search.num_episodes / budget) if budget else 0.0
+        fields = {name: getattr(search, name) for name in cls.model_fields if name != "progress"}
+        return cls(**fields, progress=progress)
+
+
+class SearchDetail(SearchSummary):
+    config: dict[str, Any]
+    reward_metric: str
+
+    @classmethod
+    def from_record(cls, search: SearchRecord) -> "SearchDetail":
+        summary = SearchSummary.from_record(search)
+        metric = search.config.get("reward", {}).get("metric", "AP")
+        return cls(**summary.model_dump(), config=search.config, reward_metric=metric)
+
+
+class SearchLaunch(BaseModel):
+    search: SearchSummary
+    runner: str | None
+    """Where the runner was launched (pid and log, or Ray job), or null when not started."""
+
+
+class EpisodeSummary(BaseModel):
+    number: int
+    status: EpisodeStatus
+    arch_hash: str
+    reward: float | None
+    metrics: dict[str, float | None] | None
+    flops: int | None
+    params: int | None
+    attempts: int
+    worker: str | None
+    proposed_at: datetime
+    finished_at: datetime | None
+    train_seconds: float | None
+    error: str | None
+
+    @classmethod
+    def from_record(cls, episode: EpisodeRecord) -> "EpisodeSummary":
+        return cls(**{name: getattr(episode, name) for name in cls.model_fields})
+
+
+class EpisodeDetail(EpisodeSummary):
+    search_id: int
+    proposal_id: int
+    architecture: dict[str, Any]
+    """The cell in the architecture JSON schema (``search_spaces.Architecture.to_dict()``)."""
+    description: str
+    """The cell in one line, as ``nas arch show`` prints it."""
+    started_at: datetime | None
+
+    @classmethod
+    def from_record(cls, episode: EpisodeRecord, description: str) -> "EpisodeDetail":
+        fields = {name: getattr(episode, name) for name in cls.model_fields if name != "description"}
+        return cls(**fields, description=description)
+
+
+class EpisodePage(BaseModel):
+    items: list[EpisodeSummary]
+    total: int
+    """Episodes matching the status filter (all of them, not only this page)."""
+    limit: int
+    offset: int
+    last_number: int | None
+    """Highest episode number in this page."""
+    poll_after: int
+    """Pass this as ``after`` to poll: every episode up to it has finished, later ones may still change."""
+
+
+class Series(BaseModel):
+    """Columns for the progress charts: one entry per episode, ascending by number.
+
+    Unfinished episodes are included (reward null) and change when they finish: poll with
+    ``after=poll_after``, not ``after=last_number``.
+    """
+
+    numbers: list[int]
+    statuses: list[EpisodeStatus]
+    rewards: list[float | None]
+    first_of_architecture: list[bool]
+    """True where the search proposed an architecture for the first time."""
+    entropy_episodes: list[int]
+    """Episodes reported to the controller at each update."""
+    entropy: list[float]
+    """The controller's policy entropy after each update."""
+    last_number: int | None
+    poll_after: int
+    """Pass this as ``after`` to poll: every episode up to it has finished, later ones may still change."""
+    last_update: int | None
+
+
+class RankedArchitecture(BaseModel):
+    rank: int
+    episode: EpisodeDetail
+
+
+class ArchitectureInfo(BaseModel):
+    name: str
+    arch_hash: str
+    description: str
+    architecture: dict[str, Any]
+
+
+class ConfigPreset(BaseModel):
+    name: str
+    path: str
+    config: dict[str, Any] | None
+    error: str | None
+    """Why the file does not load as a search config (then ``config`` is null)."""
