@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from nas_service.search_config import SearchConfig
-from nas_service.store import EpisodeStore, SearchRecord
+from nas_service.store import Conflict, EpisodeStore, SearchRecord
 
 LOG_DIR = Path("data/logs")
 
@@ -76,9 +76,35 @@ def check_resumable(search: SearchRecord, force: bool = False) -> None:
         )
 
 
+def claim(store: EpisodeStore, search: SearchRecord) -> None:
+    """Move ``search`` from the status its caller checked to ``running``, or raise ``StateConflict``."""
+    try:
+        store.set_search_status(search.id, "running", expected=(search.status,))
+    except Conflict as error:
+        raise StateConflict(str(error)) from None
+
+
+class LaunchError(RuntimeError):
+    """The runner could not be started (no job server, no interpreter); the search is left as it was."""
+
+
+def start_runner(store: EpisodeStore, search: SearchRecord, db_url: str, ray_address: str | None = None) -> str:
+    """Claim ``search`` for a new runner and launch it; returns where the runner runs.
+
+    The claim is a compare-and-set, so of two concurrent starts one gets ``StateConflict`` instead of
+    a second runner. The runner is launched with ``--force`` because that ``running`` is our claim.
+    """
+    claim(store, search)
+    try:
+        return launch_runner(search.id, db_url, ray_address, force=True)
+    except Exception as error:  # whatever failed (OSError, the job server's errors), release the claim
+        store.set_search_status(search.id, search.status, error=search.error)
+        raise LaunchError(f"search {search.id}: the runner could not be started: {error}") from error
+
+
 def request_stop(store: EpisodeStore, search_id: int) -> SearchRecord:
     """Ask a running search's runner to stop: it proposes nothing more and records what is running."""
-    search = store.get_search(search_id)
-    if search.status != "running":
-        raise StateConflict(f"search {search_id} is {search.status}, not running")
-    return store.set_search_status(search_id, "stopping")
+    try:
+        return store.set_search_status(search_id, "stopping", expected=("running",))
+    except Conflict as error:
+        raise StateConflict(str(error)) from None

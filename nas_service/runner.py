@@ -31,11 +31,13 @@ from ray.tune.search import Searcher
 
 from controller import Controller
 from nas_service.search_config import SearchConfig
-from nas_service.store import EpisodeStore, SearchRecord
+from nas_service.store import Conflict, EpisodeStore, SearchRecord
 from proxy_trainer import ProxyConfig, train_proxy
 from search_spaces.architecture import Architecture
 
 CHECKPOINTS_KEPT = 3
+RUNNABLE = ("created", "running", "stopped", "failed", "completed")
+"""A runner starts from any status but stopping: a stop asked for before it started is honoured."""
 FINISHED = Searcher.FINISHED
 
 
@@ -263,7 +265,10 @@ def run_search(
     ``trainable`` replaces the proxy training, e.g. to measure the search's own overhead.
     """
     run = SearchRun(store, search_id)
-    store.set_search_status(search_id, "running")
+    try:
+        store.set_search_status(search_id, "running", expected=RUNNABLE)
+    except Conflict:  # asked to stop between the runner's launch and now: nothing to run or finish
+        return store.set_search_status(search_id, "stopped")
     resources = run.config.resources
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C reaches us, and the search is marked stopped
     ray.init(

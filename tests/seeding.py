@@ -21,11 +21,11 @@ UPDATE_EVERY = 8
 
 
 def search_config(data_root: Path, episodes: int, **changes) -> SearchConfig:
-    """A tiny search: 2-iteration proxy on a small synthetic set under ``data_root``."""
-    train = changes.pop("train", {})
+    """A tiny search: a 2-iteration proxy (``train={...}`` overrides) on a small synthetic set."""
+    train = {"iterations": 2, **changes.pop("train", {})}
     config = {
         "controller": {"levels": list(LEVELS), "batch_size": 2, **changes.pop("controller", {})},
-        "proxy": tiny_proxy_config(data_root, iterations=2, **train).model_dump(mode="json"),
+        "proxy": tiny_proxy_config(data_root, **train).model_dump(mode="json"),
         "budget": {"episodes": episodes},
         "resources": {"concurrency": 1, "cpus_per_trial": 1},
     }

@@ -19,6 +19,7 @@ from ray.cluster_utils import Cluster
 from ray.job_submission import JobSubmissionClient
 
 from detector.engine.config import DetectorTrainingConfig
+from nas_service.launcher import StateConflict, start_runner
 from nas_service.store import EpisodeStore
 from search_spaces import Architecture
 from tests.live_server import TOKEN, free_port, serving
@@ -249,6 +250,30 @@ def test_state_rules_answer_409(api, seeded, tmp_path):
     assert store.get_search(finished).num_episodes == EPISODES  # others untouched
 
 
+def test_an_unreachable_job_server_is_a_503_and_the_search_stays_as_it_was(tmp_path):
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    config = search_config(tmp_path / "synthetic", episodes=2).model_dump(mode="json")
+    nobody = f"http://127.0.0.1:{free_port()}"
+    with serving(url, tmp_path, ray_address=nobody) as base:
+        response = httpx.post(f"{base}/api/searches", headers=AUTH, json={"name": "nowhere", "config": config})
+        assert response.status_code == 503, response.text
+        assert "the runner could not be started" in response.json()["detail"]
+        search = httpx.get(f"{base}/api/searches").json()[0]
+        assert search["status"] == "created"  # the claim was released: it can be started later
+        resumed = httpx.post(f"{base}/api/searches/{search['id']}/resume", headers=AUTH)
+        assert resumed.status_code == 503 and httpx.get(f"{base}/api/searches").json()[0]["status"] == "created"
+
+
+def test_a_stale_start_is_refused_instead_of_starting_a_second_runner(seeded, tmp_path):
+    store, url, _, _, _ = seeded
+    search = store.create_search("raced", search_config(tmp_path / "synthetic", episodes=2).model_dump(mode="json"))
+    store.set_search_status(search.id, "running")  # another client won the race since `search` was read
+    with pytest.raises(StateConflict, match=f"search {search.id} is running, not created"):
+        start_runner(store, search, url)
+    assert store.get_search(search.id).status == "running" and not (tmp_path / "data").exists()
+    store.set_search_status(search.id, "stopped")
+
+
 def test_invalid_search_configs_name_the_field(api, tmp_path):
     config = search_config(tmp_path / "data", episodes=2).model_dump(mode="json")
     config["budget"]["episodes"] = 0
@@ -313,7 +338,8 @@ def test_with_a_cluster_address_the_runner_is_a_ray_job(tmp_path, monkeypatch):
             search = wait_finished(base, search_id)
         assert search["status"] == "completed" and search["num_episodes"] == 2, search
         jobs = JobSubmissionClient(f"http://127.0.0.1:{dashboard_port}")
-        (job,) = jobs.list_jobs()
+        # The runner's own connection to the cluster is listed too, as a driver job.
+        (job,) = [job for job in jobs.list_jobs() if job.type.value == "SUBMISSION"]
         deadline = time.monotonic() + 60
         while not job.status.is_terminal() and time.monotonic() < deadline:
             time.sleep(0.5)

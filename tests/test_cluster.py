@@ -22,7 +22,8 @@ from sqlalchemy import create_engine, text
 
 from controller import Controller
 from nas_service.store import EpisodeStore
-from tests.test_search import _nas, data_root, search_config  # noqa: F401  (data_root is a fixture)
+from tests.seeding import search_config
+from tests.test_search import _nas, data_root  # noqa: F401  (data_root is a fixture)
 from tests.test_store import postgres_url  # noqa: F401  (a fresh PostgreSQL database, dropped afterwards)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,10 +155,9 @@ def _node(episode) -> str:
 
 def test_search_on_two_nodes_with_postgres_survives_losing_the_head(tmp_path, data_root, postgres_url):  # noqa: F811
     config_path = tmp_path / "search.yaml"
-    config = search_config(data_root, episodes=EPISODES, resources={"concurrency": 2, "cpus_per_trial": 1})
-    config = config.model_dump(mode="json")
-    config["proxy"]["train"]["iterations"] = ITERATIONS
-    config_path.write_text(yaml.safe_dump(config))
+    resources = {"concurrency": 2, "cpus_per_trial": 1}
+    config = search_config(data_root, episodes=EPISODES, resources=resources, train={"iterations": ITERATIONS})
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     store = EpisodeStore(postgres_url)
     env = _node_env()
 

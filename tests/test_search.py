@@ -15,24 +15,9 @@ from controller import Controller
 from nas_service.runner import run_search
 from nas_service.search_config import SearchConfig, load_search_config
 from nas_service.store import EpisodeStore
-from tests.test_proxy import tiny_proxy_config
+from tests.seeding import search_config
 
 REPO = Path(__file__).resolve().parent.parent
-LEVELS = [2, 3, 4, 5, 6]
-
-
-def search_config(data_root: Path, episodes: int, **changes) -> SearchConfig:
-    train = changes.pop("train", {})
-    proxy = tiny_proxy_config(data_root, iterations=2, **train)
-    config = {
-        "controller": {"levels": LEVELS, "batch_size": 2, **changes.pop("controller", {})},
-        "proxy": proxy.model_dump(mode="json"),
-        "budget": {"episodes": episodes},
-        "resources": {"concurrency": 1, "cpus_per_trial": 1},
-    }
-    for key, value in changes.items():
-        config[key] = value
-    return SearchConfig.model_validate(config)
 
 
 def create(store: EpisodeStore, config: SearchConfig, name: str) -> int:
@@ -155,7 +140,10 @@ def test_trials_run_on_both_nodes_of_a_ray_cluster(tmp_path, data_root):
     cluster.wait_for_nodes()
     try:
         store = EpisodeStore(f"sqlite:///{tmp_path / 'nas.db'}")
-        config = search_config(data_root, episodes=4, resources={"concurrency": 2, "cpus_per_trial": 1})
+        # Trials of a few seconds: with reused actors, very short ones can all finish on one node.
+        config = search_config(
+            data_root, episodes=4, resources={"concurrency": 2, "cpus_per_trial": 1}, train={"iterations": 12}
+        )
         search_id = create(store, config, "cluster")
         search = run_search(store, search_id, ray_address=cluster.address, storage=tmp_path / "ray")
         assert search.status == "completed"
@@ -163,6 +151,15 @@ def test_trials_run_on_both_nodes_of_a_ray_cluster(tmp_path, data_root):
         assert len(nodes) == 2, nodes
     finally:
         cluster.shutdown()
+
+
+def test_a_stop_asked_before_the_runner_starts_is_honoured(tmp_path, data_root):
+    store = EpisodeStore(f"sqlite:///{tmp_path / 'nas.db'}")
+    search_id = create(store, search_config(data_root, episodes=3), "stopped-early")
+    store.set_search_status(search_id, "running")  # claimed by `search start --detach` or the API
+    store.set_search_status(search_id, "stopping")  # `nas search stop` before the runner got going
+    search = run_search(store, search_id, storage=tmp_path / "ray")
+    assert search.status == "stopped" and search.num_episodes == 0
 
 
 def test_shipped_search_configs_load():
@@ -205,7 +202,9 @@ def test_unique_budget_stops_the_search(tmp_path, data_root):
 
 def test_stop_is_clean_and_resumable(tmp_path, data_root):
     config_path = tmp_path / "search.yaml"
-    config_path.write_text(yaml.safe_dump(search_config(data_root, episodes=5).model_dump(mode="json")))
+    # Episodes of a few seconds, so that the stop arrives while the search still has work to do.
+    config = search_config(data_root, episodes=5, train={"iterations": 12})
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     db = f"sqlite:///{tmp_path / 'nas.db'}"
     started = subprocess.run(
         [sys.executable, "-m", "nas_service.cli", "search", "start", "-c", str(config_path), "--db", db, "--detach"],

@@ -20,6 +20,7 @@ from psycopg import sql
 from sqlalchemy import create_engine, text
 
 from nas_service.store import (
+    Conflict,
     EpisodeNotFound,
     EpisodeStore,
     SearchNotFound,
@@ -114,8 +115,14 @@ def test_search_crud_and_errors(store):
     assert store.get_search(search.id) == search
     assert store.get_search_by_name("s1") == search
 
-    with pytest.raises(StoreError, match="a search named 's1' already exists"):
+    with pytest.raises(Conflict, match="a search named 's1' already exists"):
         store.create_search("s1", {})
+    with pytest.raises(Conflict, match=f"search {search.id} is created, not running or stopped"):
+        store.set_search_status(search.id, "stopping", expected=("stopped", "running"))
+    assert store.get_search(search.id).status == "created"  # a refused compare-and-set changes nothing
+    claimed = store.set_search_status(search.id, "running", expected=("created",))
+    assert claimed.status == "running" and claimed.started_at is not None
+    store.set_search_status(search.id, "created")
     with pytest.raises(SearchNotFound) as missing:
         store.get_search(search.id + 1000)
     assert isinstance(missing.value, KeyError)

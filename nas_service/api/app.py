@@ -21,7 +21,7 @@ from nas_service.api.routers import architectures, episodes, searches
 from nas_service.api.schemas import ConfigPreset, FieldProblem, Health, Problem
 from nas_service.configs import ConfigError
 from nas_service.export import NothingToExport
-from nas_service.launcher import StateConflict
+from nas_service.launcher import LaunchError, StateConflict
 from nas_service.search_config import load_search_config
 from nas_service.store import Conflict, EpisodeStore, NotFound, StoreError
 
@@ -86,6 +86,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NothingToExport, _problem(status.HTTP_404_NOT_FOUND))
     app.add_exception_handler(Conflict, _problem(status.HTTP_409_CONFLICT))
     app.add_exception_handler(StateConflict, _problem(status.HTTP_409_CONFLICT))
+    app.add_exception_handler(LaunchError, _problem(status.HTTP_503_SERVICE_UNAVAILABLE))
     app.add_exception_handler(StoreError, _problem(422))  # the store's own input checks
 
 

@@ -8,7 +8,15 @@ from typing import Optional
 import typer
 
 from nas_service.cli.common import DB_OPTION, RAY_OPTION, fail, open_store, store_url
-from nas_service.launcher import StateConflict, check_resumable, create_search, launch_runner, request_stop
+from nas_service.launcher import (
+    LaunchError,
+    StateConflict,
+    check_resumable,
+    claim,
+    create_search,
+    request_stop,
+    start_runner,
+)
 from nas_service.search_config import load_search_config
 from nas_service.store import EpisodeStore, StoreError
 from search_spaces import Architecture
@@ -18,10 +26,18 @@ DETACH_OPTION = typer.Option(False, "--detach", help="Run in the background; the
 
 
 def _run(store: EpisodeStore, search_id: int, db: Optional[str], ray_address: Optional[str], detach: bool) -> None:
+    search = store.get_search(search_id)
     if detach:
-        where = launch_runner(search_id, store_url(db), ray_address)
+        try:
+            where = start_runner(store, search, store_url(db), ray_address)
+        except (StateConflict, LaunchError) as error:
+            fail(error)
         typer.echo(f"search {search_id} running in the background ({where})")
         return
+    try:
+        claim(store, search)
+    except StateConflict as error:
+        fail(error)
     # Imported here: Ray and the runner add a second to the start-up of every other command.
     from nas_service.progress import SearchProgress
     from nas_service.runner import run_search

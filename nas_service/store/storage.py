@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from numbers import Integral, Real
@@ -211,12 +211,20 @@ class EpisodeStore:
         with self._reading() as session:
             return [_record(SearchRecord, row) for row in session.scalars(query)]
 
-    def set_search_status(self, search_id: int, status: str, error: str | None = None) -> SearchRecord:
-        """Move a search to ``status``; ``error`` replaces the stored one (``None`` clears it)."""
+    def set_search_status(
+        self, search_id: int, status: str, error: str | None = None, expected: Collection[str] | None = None
+    ) -> SearchRecord:
+        """Move a search to ``status``; ``error`` replaces the stored one (``None`` clears it).
+
+        With ``expected``, only from one of those statuses (else ``Conflict``): a compare-and-set under
+        the row lock, so of two callers racing to claim a search only one wins.
+        """
         status = _choice("status", status, SEARCH_STATUSES)
         error = _optional(_text, "error", error)
         with self._writing.begin() as session:
             row = _search_row(session, search_id, lock=True)
+            if expected is not None and row.status not in expected:
+                raise Conflict(f"search {search_id} is {row.status}, not {' or '.join(sorted(expected))}")
             now = utcnow()
             if status == "running" and row.started_at is None:
                 row.started_at = now

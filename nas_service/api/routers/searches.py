@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 
 from nas_service.api.deps import UNAUTHORIZED, Authorized, SearchId, Settings, Store, get_settings
 from nas_service.api.schemas import Problem, SearchCreate, SearchDetail, SearchLaunch, SearchResume, SearchSummary
-from nas_service.launcher import StateConflict, check_resumable, create_search, launch_runner, request_stop
+from nas_service.launcher import StateConflict, check_resumable, create_search, request_stop, start_runner
 from nas_service.search_config import with_absolute_paths
 
 router = APIRouter(prefix="/api/searches", tags=["searches"])
+NOT_LAUNCHED: dict[int | str, dict[str, Any]] = {
+    503: {"model": Problem, "description": "The runner could not be started; the search is left as it was."}
+}
 ACTIVE = ("running", "stopping")
 """A runner may be working on a search in these states: it must not be archived or deleted."""
 
@@ -26,15 +29,15 @@ def list_searches(store: Store, include_archived: bool = False) -> list[SearchSu
     response_model=SearchLaunch,
     status_code=status.HTTP_201_CREATED,
     dependencies=Authorized,
-    responses={**UNAUTHORIZED, 409: {"model": Problem, "description": "The name is taken."}},
+    responses={**UNAUTHORIZED, 409: {"model": Problem, "description": "The name is taken."}, **NOT_LAUNCHED},
 )
 def start_search(
     body: SearchCreate, store: Store, settings: Annotated[Settings, Depends(get_settings)]
 ) -> SearchLaunch:
     """Store a search from its config and, unless ``start`` is false, launch its runner as the CLI does."""
     search = create_search(store, with_absolute_paths(body.config), body.name, default_stem="api")
-    runner = launch_runner(search.id, settings.store_url, settings.ray_address) if body.start else None
-    return SearchLaunch(search=SearchSummary.from_record(search), runner=runner)
+    runner = start_runner(store, search, settings.store_url, settings.ray_address) if body.start else None
+    return SearchLaunch(search=SearchSummary.from_record(store.get_search(search.id)), runner=runner)
 
 
 @router.get("/{search_id}", response_model=SearchDetail, responses={404: {"model": Problem}})
@@ -65,6 +68,7 @@ def stop_search(search_id: SearchId, store: Store) -> SearchSummary:
         **UNAUTHORIZED,
         404: {"model": Problem},
         409: {"model": Problem, "description": "Completed, or running without force."},
+        **NOT_LAUNCHED,
     },
 )
 def resume_search(
@@ -73,11 +77,10 @@ def resume_search(
     settings: Annotated[Settings, Depends(get_settings)],
     body: SearchResume | None = None,
 ) -> SearchLaunch:
-    force = body.force if body is not None else False
     search = store.get_search(search_id)
-    check_resumable(search, force)
-    runner = launch_runner(search_id, settings.store_url, settings.ray_address, force=force)
-    return SearchLaunch(search=SearchSummary.from_record(search), runner=runner)
+    check_resumable(search, force=body.force if body is not None else False)
+    runner = start_runner(store, search, settings.store_url, settings.ray_address)
+    return SearchLaunch(search=SearchSummary.from_record(store.get_search(search_id)), runner=runner)
 
 
 @router.post(
