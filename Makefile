@@ -42,6 +42,7 @@ bench: setup browser $(BENCH_STAMP)
 	$(BIN)/python -m bench.proxy
 	$(BIN)/python -m bench.search
 	$(BIN)/python -m bench.api
+	$(BIN)/python -m bench.train
 
 clean:
 	rm -rf $(VENV) out data .pytest_cache .hypothesis *.egg-info
