@@ -7,6 +7,8 @@ job server (``http://head:8265``), the runner is submitted there as a Ray job in
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import subprocess
 import sys
@@ -31,28 +33,30 @@ def create_search(store: EpisodeStore, config: SearchConfig, name: str | None, d
     )
 
 
-def runner_command(search_id: int, db_url: str, ray_address: str | None, force: bool = False) -> list[str]:
-    """The command line of the runner process for ``search_id``."""
-    command = ["-m", "nas_service.cli", "search", "resume", str(search_id), "--db", db_url]
-    command += ["--ray-address", ray_address] if ray_address else []
-    command += ["--force"] if force else []
-    return command
+def runner_command(search_id: int, ray_address: str | None) -> list[str]:
+    """The runner of a search already claimed; the store URL goes in ``NAS_DB_URL``, not on the
+    command line, where ``ps`` and the Ray dashboard would show its password."""
+    command = ["-m", "nas_service.cli", "search", "resume", str(search_id), "--claimed"]
+    return command + (["--ray-address", ray_address] if ray_address else [])
 
 
-def launch_runner(search_id: int, db_url: str, ray_address: str | None = None, force: bool = False) -> str:
-    """Start the runner detached from the caller; returns where it runs (pid and log, or Ray job id)."""
+def launch_runner(search_id: int, db_url: str, ray_address: str | None = None) -> str:
+    """Start the runner of a claimed search detached from the caller; returns where it runs."""
     if ray_address and ray_address.startswith(("http://", "https://")):
         from ray.job_submission import JobSubmissionClient
 
         # The same interpreter path: the cluster runs the same image (or virtualenv) as this server.
-        entrypoint = shlex.join([sys.executable, *runner_command(search_id, db_url, "auto", force)])
-        job_id = JobSubmissionClient(ray_address).submit_job(entrypoint=entrypoint)
+        entrypoint = shlex.join([sys.executable, *runner_command(search_id, "auto")])
+        job_id = JobSubmissionClient(ray_address).submit_job(
+            entrypoint=entrypoint, runtime_env={"env_vars": {"NAS_DB_URL": db_url}}
+        )
         return f"Ray job {job_id} on {ray_address}"
     log = LOG_DIR / f"search-{search_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, *runner_command(search_id, db_url, ray_address, force)],
+            [sys.executable, *runner_command(search_id, ray_address)],
+            env={**os.environ, "NAS_DB_URL": db_url},
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -92,13 +96,14 @@ def start_runner(store: EpisodeStore, search: SearchRecord, db_url: str, ray_add
     """Claim ``search`` for a new runner and launch it; returns where the runner runs.
 
     The claim is a compare-and-set, so of two concurrent starts one gets ``StateConflict`` instead of
-    a second runner. The runner is launched with ``--force`` because that ``running`` is our claim.
+    a second runner. The runner (``--claimed``) skips the checks and runs; a stop since is honoured.
     """
     claim(store, search)
     try:
-        return launch_runner(search.id, db_url, ray_address, force=True)
+        return launch_runner(search.id, db_url, ray_address)
     except Exception as error:  # whatever failed (OSError, the job server's errors), release the claim
-        store.set_search_status(search.id, search.status, error=search.error)
+        with contextlib.suppress(Conflict):  # unless the search has moved on since (a stop)
+            store.restore_search_state(search)
         raise LaunchError(f"search {search.id}: the runner could not be started: {error}") from error
 
 

@@ -264,20 +264,22 @@ def run_search(
     ``storage`` is where Ray Tune keeps its trial folders (shared storage on a cluster).
     ``trainable`` replaces the proxy training, e.g. to measure the search's own overhead.
     """
-    run = SearchRun(store, search_id)
     try:
         store.set_search_status(search_id, "running", expected=RUNNABLE)
     except Conflict:  # asked to stop between the runner's launch and now: nothing to run or finish
         return store.set_search_status(search_id, "stopped")
-    resources = run.config.resources
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C reaches us, and the search is marked stopped
-    ray.init(
-        address=ray_address or os.environ.get("RAY_ADDRESS"),
-        ignore_reinit_error=True,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
     try:
+        # Inside the try: a checkpoint that does not load or a cluster that does not answer marks the
+        # search failed instead of leaving it running with no runner.
+        run = SearchRun(store, search_id)
+        resources = run.config.resources
+        ray.init(
+            address=ray_address or os.environ.get("RAY_ADDRESS"),
+            ignore_reinit_error=True,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial}),
             tune_config=tune.TuneConfig(

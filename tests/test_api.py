@@ -108,6 +108,8 @@ def test_incremental_polling_returns_only_new_episodes(api, seeded):
     store, _, _, _, running = seeded
     first = api.get(f"/api/searches/{running}/episodes", params={"after": -1}).json()
     last = first["last_number"]
+    truncated = api.get(f"/api/searches/{running}/episodes", params={"after": -1, "limit": 4}).json()
+    assert truncated["poll_after"] == truncated["last_number"] == 3  # the cursor never passes the page
     assert [item["number"] for item in first["items"]] == list(range(last + 1))
     assert api.get(f"/api/searches/{running}/episodes", params={"after": last}).json()["items"] == []
 
@@ -211,6 +213,7 @@ def test_changes_need_the_token(api, seeded):
     for method, path in [
         ("POST", f"/api/searches/{running}/stop"),
         ("POST", f"/api/searches/{finished}/archive"),
+        ("POST", f"/api/searches/{finished}/resume"),
         ("DELETE", f"/api/searches/{finished}?confirm=finished"),
         ("POST", "/api/searches"),
     ]:
@@ -260,12 +263,14 @@ def test_an_unreachable_job_server_is_a_503_and_the_search_stays_as_it_was(tmp_p
         assert "the runner could not be started" in response.json()["detail"]
         search = httpx.get(f"{base}/api/searches").json()[0]
         assert search["status"] == "created"  # the claim was released: it can be started later
+        assert search["started_at"] is None  # and a time budget has not started counting
         resumed = httpx.post(f"{base}/api/searches/{search['id']}/resume", headers=AUTH)
         assert resumed.status_code == 503 and httpx.get(f"{base}/api/searches").json()[0]["status"] == "created"
 
 
-def test_a_stale_start_is_refused_instead_of_starting_a_second_runner(seeded, tmp_path):
+def test_a_stale_start_is_refused_instead_of_starting_a_second_runner(seeded, tmp_path, monkeypatch):
     store, url, _, _, _ = seeded
+    monkeypatch.chdir(tmp_path)  # a launched runner would write its log under ./data/logs
     search = store.create_search("raced", search_config(tmp_path / "synthetic", episodes=2).model_dump(mode="json"))
     store.set_search_status(search.id, "running")  # another client won the race since `search` was read
     with pytest.raises(StateConflict, match=f"search {search.id} is running, not created"):

@@ -12,6 +12,7 @@ import yaml
 from ray.cluster_utils import Cluster
 
 from controller import Controller
+from nas_service.launcher import claim, request_stop
 from nas_service.runner import run_search
 from nas_service.search_config import SearchConfig, load_search_config
 from nas_service.store import EpisodeStore
@@ -153,13 +154,30 @@ def test_trials_run_on_both_nodes_of_a_ray_cluster(tmp_path, data_root):
         cluster.shutdown()
 
 
-def test_a_stop_asked_before_the_runner_starts_is_honoured(tmp_path, data_root):
+def test_a_stop_asked_before_the_launched_runner_starts_is_honoured(tmp_path, data_root):
+    db = f"sqlite:///{tmp_path / 'nas.db'}"
+    store = EpisodeStore(db)
+    search = store.get_search(create(store, search_config(data_root, episodes=3), "stopped-early"))
+    claim(store, search)  # what `search start --detach` and the API do before launching the runner
+    request_stop(store, search.id)  # `nas search stop` before the runner got going
+    runner = subprocess.run(
+        [sys.executable, "-m", "nas_service.cli", "search", "resume", str(search.id), "--claimed", "--db", db],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert runner.returncode == 0, runner.stdout + runner.stderr
+    stopped = store.get_search(search.id)
+    assert stopped.status == "stopped" and stopped.num_episodes == 0
+
+
+def test_a_checkpoint_that_does_not_load_fails_the_search_instead_of_leaving_it_running(tmp_path, data_root):
     store = EpisodeStore(f"sqlite:///{tmp_path / 'nas.db'}")
-    search_id = create(store, search_config(data_root, episodes=3), "stopped-early")
-    store.set_search_status(search_id, "running")  # claimed by `search start --detach` or the API
-    store.set_search_status(search_id, "stopping")  # `nas search stop` before the runner got going
-    search = run_search(store, search_id, storage=tmp_path / "ray")
-    assert search.status == "stopped" and search.num_episodes == 0
+    search_id = create(store, search_config(data_root, episodes=3), "corrupt")
+    store.save_checkpoint(search_id, 1, 2, b"not a controller")
+    store.set_search_status(search_id, "stopped")
+    with pytest.raises(Exception):
+        run_search(store, search_id, storage=tmp_path / "ray")
+    failed = store.get_search(search_id)
+    assert failed.status == "failed" and failed.error
 
 
 def test_shipped_search_configs_load():

@@ -144,8 +144,9 @@ class EpisodePage(BaseModel):
     offset: int
     last_number: int | None
     """Highest episode number in this page."""
-    poll_after: int
-    """Pass this as ``after`` to poll: every episode up to it has finished, later ones may still change."""
+    poll_after: int | None
+    """Pass this as ``after`` to poll: every episode up to it has finished, later ones may still change
+    (null unless the page is the first, or an ``after`` page, by ascending number)."""
 
 
 class Series(BaseModel):

@@ -18,26 +18,29 @@ from nas_service.launcher import (
     start_runner,
 )
 from nas_service.search_config import load_search_config
-from nas_service.store import EpisodeStore, StoreError
+from nas_service.store import EpisodeStore, SearchRecord, StoreError
 from search_spaces import Architecture
 
 search_app = typer.Typer(help="Run and inspect searches.", no_args_is_help=True)
 DETACH_OPTION = typer.Option(False, "--detach", help="Run in the background; the log goes to data/logs/.")
 
 
-def _run(store: EpisodeStore, search_id: int, db: Optional[str], ray_address: Optional[str], detach: bool) -> None:
-    search = store.get_search(search_id)
-    if detach:
-        try:
-            where = start_runner(store, search, store_url(db), ray_address)
-        except (StateConflict, LaunchError) as error:
-            fail(error)
-        typer.echo(f"search {search_id} running in the background ({where})")
-        return
+def _run(
+    store: EpisodeStore, search: SearchRecord, db: Optional[str], ray_address: Optional[str], detach: bool
+) -> None:
+    """Claim ``search`` from the status the caller checked, then run it here or in the background."""
     try:
+        if detach:
+            where = start_runner(store, search, store_url(db), ray_address)
+            typer.echo(f"search {search.id} running in the background ({where})")
+            return
         claim(store, search)
-    except StateConflict as error:
+    except (StateConflict, LaunchError) as error:
         fail(error)
+    _run_claimed(store, search.id, ray_address)
+
+
+def _run_claimed(store: EpisodeStore, search_id: int, ray_address: Optional[str]) -> None:
     # Imported here: Ray and the runner add a second to the start-up of every other command.
     from nas_service.progress import SearchProgress
     from nas_service.runner import run_search
@@ -66,7 +69,7 @@ def search_start(
     except StoreError as error:
         fail(error)
     typer.echo(f"search {search.id} ({search.name}) created")
-    _run(store, search.id, db, ray_address, detach)
+    _run(store, search, db, ray_address, detach)
 
 
 @search_app.command("resume")
@@ -76,14 +79,19 @@ def search_resume(
     ray_address: Optional[str] = RAY_OPTION,
     detach: bool = DETACH_OPTION,
     force: bool = typer.Option(False, "--force", help="Resume a search marked running or stopping, whose runner died."),
+    claimed: bool = typer.Option(False, "--claimed", hidden=True, help="Internal: the launcher claimed the search."),
 ) -> None:
     """Continue a stopped, failed or killed search from the store."""
     store = open_store(db)
+    if claimed:  # launched by start_runner, which already checked and claimed it; a stop since is honoured
+        _run_claimed(store, search_id, ray_address)
+        return
     try:
-        check_resumable(store.get_search(search_id), force)
+        search = store.get_search(search_id)
+        check_resumable(search, force)
     except (StoreError, StateConflict) as error:
         fail(error)
-    _run(store, search_id, db, ray_address, detach)
+    _run(store, search, db, ray_address, detach)
 
 
 @search_app.command("stop")

@@ -10,6 +10,7 @@ from nas_service.store.schema import EPISODE_STATUSES, SEARCH_STATUSES
 from nas_service.store.storage import (
     EPISODE_SORTS,
     INT32_MAX,
+    UNFINISHED_STATUSES,
     CheckpointRecord,
     EntropyPoint,
     EpisodeRecord,
@@ -23,6 +24,7 @@ __all__ = [
     "EPISODE_SORTS",
     "EPISODE_STATUSES",
     "INT32_MAX",
+    "UNFINISHED_STATUSES",
     "SEARCH_STATUSES",
     "CheckpointRecord",
     "EntropyPoint",

@@ -235,6 +235,21 @@ class EpisodeStore:
             session.flush()
             return _record(SearchRecord, row)
 
+    def restore_search_state(self, search: SearchRecord) -> SearchRecord:
+        """Undo a claim: status, error and timestamps back to ``search``'s, if still ``running``.
+
+        Used when a runner could not be launched, so that the failed start leaves no trace (a time
+        budget does not start counting) and a stop or resume that happened since is not overwritten.
+        """
+        with self._writing.begin() as session:
+            row = _search_row(session, search.id, lock=True)
+            if row.status != "running":
+                raise Conflict(f"search {search.id} is {row.status}, not running")
+            row.status, row.error = search.status, search.error
+            row.started_at, row.finished_at = search.started_at, search.finished_at
+            session.flush()
+            return _record(SearchRecord, row)
+
     def archive_search(self, search_id: int) -> SearchRecord:
         """Hide a search from ``list_searches()`` without deleting anything."""
         with self._writing.begin() as session:
@@ -503,20 +518,6 @@ class EpisodeStore:
                 points.append(SeriesPoint(number, status, reward, arch_hash not in seen))
                 seen.add(arch_hash)
             return points
-
-    def finished_through(self, search_id: int) -> int:
-        """The highest N such that episodes 0..N are all finished (-1 if episode 0 is not).
-
-        A poller that passes this as ``after`` sees every later episode again until it finishes, so
-        it never misses a result; asking after the newest number would.
-        """
-        query = select(func.min(EpisodeModel.number)).where(
-            EpisodeModel.search_id == search_id, EpisodeModel.status.in_(UNFINISHED_STATUSES)
-        )
-        with self._reading() as session:
-            search = _search_row(session, search_id)
-            first_unfinished = session.execute(query).scalar_one()
-            return (search.num_episodes if first_unfinished is None else first_unfinished) - 1
 
     def entropy_history(self, search_id: int, after_update: int | None = None) -> list[EntropyPoint]:
         """The controller's entropy after each update (numbered above ``after_update``), oldest first."""

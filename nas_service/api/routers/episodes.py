@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
@@ -17,7 +18,7 @@ from nas_service.api.schemas import (
     Series,
 )
 from nas_service.export import bundle, export_architectures
-from nas_service.store import INT32_MAX, EpisodeRecord
+from nas_service.store import INT32_MAX, UNFINISHED_STATUSES, EpisodeRecord, SeriesPoint
 from search_spaces import Architecture
 from search_spaces.render import render_svg
 
@@ -51,7 +52,7 @@ def list_episodes(
         limit=limit,
         offset=offset,
         last_number=max((episode.number for episode in episodes), default=None),
-        poll_after=store.finished_through(search_id),
+        poll_after=poll_cursor(after, episodes) if sort == "number" and order == "asc" and offset == 0 else None,
     )
 
 
@@ -87,7 +88,7 @@ def series(
         entropy_episodes=[point.episodes_reported for point in entropy],
         entropy=[point.entropy for point in entropy],
         last_number=points[-1].number if points else after,
-        poll_after=store.finished_through(search_id),
+        poll_after=poll_cursor(after, points),
         last_update=entropy[-1].update_number if entropy else after_update,
     )
 
@@ -125,9 +126,21 @@ def export(
     """The best architecture(s) as a commented detector config for ``nas train``, or as bare JSON."""
     exported = export_architectures(store, search_id, to=to, top=top)
     media_type = "application/json" if to == "json" else "application/yaml"
-    filename = exported[0].filename if len(exported) == 1 else f"search-{search_id}-top{len(exported)}.{to}"
+    extension = "json" if to == "json" else "yaml"
+    filename = exported[0].filename if len(exported) == 1 else f"search-{search_id}-top{len(exported)}.{extension}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
     return Response(bundle(exported, to), media_type=media_type, headers=headers)
+
+
+def poll_cursor(after: int | None, rows: Sequence[EpisodeRecord | SeriesPoint]) -> int:
+    """The ``after`` of the next poll: the last of ``rows`` (ascending, read in one query) before
+    the first unfinished one, so an episode still running is read again until its result is in."""
+    cursor = -1 if after is None else after
+    for row in rows:
+        if row.status in UNFINISHED_STATUSES:
+            break
+        cursor = row.number
+    return cursor
 
 
 def _detail(episode: EpisodeRecord) -> EpisodeDetail:
