@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from nas_errors import UserError
+
 CLASS_LAYER_SUFFIX = "predictor.cls_score"
 
 
@@ -68,9 +70,9 @@ def read_state(path: str | Path) -> tuple[dict[str, Tensor], list[str] | None]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as error:
-        raise ValueError(f"{path}: cannot read checkpoint: {error}") from None
+        raise UserError(f"{path}: cannot read checkpoint: {error}") from None
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
+        raise UserError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
     return model_state(checkpoint), checkpoint.get("class_names")
 
 
@@ -95,11 +97,11 @@ def init_from_checkpoint(
     names, which a bare state dict does not carry.
     """
     if classes not in ("remap", "reinit"):
-        raise ValueError(f"train.init_classes: expected remap or reinit, got {classes!r}")
+        raise UserError(f"train.init_classes: expected remap or reinit, got {classes!r}")
     state, source_names = read_state(path)
     report = InitReport(Path(path))
     if classes == "remap" and source_names is None:
-        raise ValueError(
+        raise UserError(
             f"{path}: has no class_names, so classes cannot be remapped by name; set train.init_classes: reinit"
         )
     rows = _row_mapping(class_names, source_names, class_map or {}, report) if classes == "remap" else None
@@ -135,9 +137,9 @@ def _row_mapping(
     source_row = {name.strip().lower(): row for row, name in enumerate(source_names, 1)}
     for name, source in class_map.items():
         if name not in class_names:
-            raise ValueError(f"train.init_class_map: {name!r} is not a class of this dataset")
+            raise UserError(f"train.init_class_map: {name!r} is not a class of this dataset")
         if source.strip().lower() not in source_row:
-            raise ValueError(f"train.init_class_map.{name}: {source!r} is not a class of the checkpoint")
+            raise UserError(f"train.init_class_map.{name}: {source!r} is not a class of the checkpoint")
     rows = {0: 0}
     for row, name in enumerate(class_names, 1):
         source = class_map.get(name, name)
@@ -153,7 +155,7 @@ def _row_mapping(
 def _remap_rows(target: Tensor, source: Tensor, rows: dict[int, int]) -> Tensor:
     """``target`` (fresh) with the mapped rows copied from ``source``."""
     if target.shape[1:] != source.shape[1:]:
-        raise ValueError(
+        raise UserError(
             f"class-dependent layer: rows of {list(source.shape[1:])} in the checkpoint, "
             f"{list(target.shape[1:])} in the model; the heads differ beyond the classes"
         )

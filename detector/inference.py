@@ -33,6 +33,7 @@ from detector.data.transforms import (
 from detector.evaluation import to_original_pixels
 from detector.modeling import CascadeRCNN
 from detector.ops import class_nms
+from nas_errors import UserError
 
 Detections = dict[str, Tensor]
 FUSION_METHODS: tuple[str, ...] = ("wbf", "voting", "soft_nms")
@@ -165,10 +166,10 @@ def fuse(
     weight / max weight.
     """
     if method not in FUSION_METHODS:
-        raise ValueError(f"test.ensemble.method: expected one of {', '.join(FUSION_METHODS)}, got {method!r}")
+        raise UserError(f"test.ensemble.method: expected one of {', '.join(FUSION_METHODS)}, got {method!r}")
     weights = list(weights) if weights is not None else [1.0] * len(per_model)
     if len(weights) != len(per_model):
-        raise ValueError(f"test.ensemble.weights: {len(weights)} weights for {len(per_model)} models")
+        raise UserError(f"test.ensemble.weights: {len(weights)} weights for {len(per_model)} models")
     fused = {}
     for image_id, size in image_sizes.items():
         members = [model[image_id] for model in per_model]

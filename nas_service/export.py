@@ -18,6 +18,8 @@ from pydantic_core import to_jsonable_python
 
 from detector.config import NeckConfig, RPNConfig
 from detector.engine.config import DatasetConfig, DetectorTrainingConfig, ExportSource, FullDetectorConfig
+from nas_errors import NotFound
+from nas_service.search_config import stored_reward_metric
 from nas_service.store import EpisodeRecord, EpisodeStore, SearchRecord
 from search_spaces import Architecture
 
@@ -34,7 +36,7 @@ class Exported:
     text: str
 
 
-class NothingToExport(LookupError):
+class NothingToExport(NotFound):
     """The search has no completed or cached episode yet."""
 
 
@@ -84,7 +86,7 @@ def detector_training_config(search: SearchRecord, episode: EpisodeRecord) -> De
         episode=episode.number,
         arch_hash=episode.arch_hash,
         reward=episode.reward,
-        reward_metric=search.config.get("reward", {}).get("metric", "AP"),
+        reward_metric=stored_reward_metric(search.config),
         exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return DetectorTrainingConfig(

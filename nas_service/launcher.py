@@ -15,8 +15,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from nas_errors import Conflict, LaunchError
 from nas_service.search_config import SearchConfig
-from nas_service.store import Conflict, EpisodeStore, SearchRecord
+from nas_service.store import EpisodeStore, SearchRecord
 
 LOG_DIR = Path("data/logs")
 
@@ -65,37 +66,30 @@ def launch_runner(search_id: int, db_url: str, ray_address: str | None = None) -
     return f"pid {process.pid}, log {log}"
 
 
-class StateConflict(ValueError):
-    """The search's state does not allow the action (the API answers 409)."""
+ACTIVE_STATUSES = ("running", "stopping")
+"""A runner may be working on a search in these states."""
 
 
 def check_resumable(search: SearchRecord, force: bool = False) -> None:
     """Refuse a completed search, and a running or stopping one (its runner may live) unless forced."""
     if search.status == "completed":
-        raise StateConflict(f"search {search.id} has completed its budget; nothing to resume")
-    if search.status in ("running", "stopping") and not force:
-        raise StateConflict(
+        raise Conflict(f"search {search.id} has completed its budget; nothing to resume")
+    if search.status in ACTIVE_STATUSES and not force:
+        raise Conflict(
             f"search {search.id} is {search.status}: its runner may still be alive. If it died "
             f"(killed, machine lost), resume with --force; two runners on one search repeat work"
         )
 
 
 def claim(store: EpisodeStore, search: SearchRecord) -> None:
-    """Move ``search`` from the status its caller checked to ``running``, or raise ``StateConflict``."""
-    try:
-        store.set_search_status(search.id, "running", expected=(search.status,))
-    except Conflict as error:
-        raise StateConflict(str(error)) from None
-
-
-class LaunchError(RuntimeError):
-    """The runner could not be started (no job server, no interpreter); the search is left as it was."""
+    """Move ``search`` from the status its caller checked to ``running``, or raise ``Conflict``."""
+    store.set_search_status(search.id, "running", expected=(search.status,))
 
 
 def start_runner(store: EpisodeStore, search: SearchRecord, db_url: str, ray_address: str | None = None) -> str:
     """Claim ``search`` for a new runner and launch it; returns where the runner runs.
 
-    The claim is a compare-and-set, so of two concurrent starts one gets ``StateConflict`` instead of
+    The claim is a compare-and-set, so of two concurrent starts one gets ``Conflict`` instead of
     a second runner. The runner (``--claimed``) skips the checks and runs; a stop since is honoured.
     """
     claim(store, search)
@@ -109,7 +103,4 @@ def start_runner(store: EpisodeStore, search: SearchRecord, db_url: str, ray_add
 
 def request_stop(store: EpisodeStore, search_id: int) -> SearchRecord:
     """Ask a running search's runner to stop: it proposes nothing more and records what is running."""
-    try:
-        return store.set_search_status(search_id, "stopping", expected=("running",))
-    except Conflict as error:
-        raise StateConflict(str(error)) from None
+    return store.set_search_status(search_id, "stopping", expected=("running",))

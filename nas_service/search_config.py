@@ -76,6 +76,11 @@ class SearchConfig(StrictModel):
         return self
 
 
+def stored_reward_metric(config: dict) -> str:
+    """The reward metric of a search config as stored with the search (a dumped ``SearchConfig``)."""
+    return config.get("reward", {}).get("metric", RewardConfig().metric)
+
+
 def load_search_config(path: Path) -> SearchConfig:
     """Read a search YAML; ``proxy:`` is inline or the path of a proxy config file.
 

@@ -13,12 +13,14 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from nas_errors import UserError
+
 SCHEMA_VERSION = 1
 OPS: tuple[str, ...] = ("sum", "global_pool")
 DEFAULT_LEVELS: tuple[int, ...] = (3, 4, 5, 6, 7)
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(UserError):
     """An architecture that breaks a rule of the search space; the message names the cell and field."""
 
 

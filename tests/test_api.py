@@ -19,7 +19,8 @@ from ray.cluster_utils import Cluster
 from ray.job_submission import JobSubmissionClient
 
 from detector.engine.config import DetectorTrainingConfig
-from nas_service.launcher import StateConflict, start_runner
+from nas_errors import Conflict
+from nas_service.launcher import start_runner
 from nas_service.store import EpisodeStore
 from search_spaces import Architecture
 from tests.live_server import TOKEN, free_port, serving
@@ -273,7 +274,7 @@ def test_a_stale_start_is_refused_instead_of_starting_a_second_runner(seeded, tm
     monkeypatch.chdir(tmp_path)  # a launched runner would write its log under ./data/logs
     search = store.create_search("raced", search_config(tmp_path / "synthetic", episodes=2).model_dump(mode="json"))
     store.set_search_status(search.id, "running")  # another client won the race since `search` was read
-    with pytest.raises(StateConflict, match=f"search {search.id} is running, not created"):
+    with pytest.raises(Conflict, match=f"search {search.id} is running, not created"):
         start_runner(store, search, url)
     assert store.get_search(search.id).status == "running" and not (tmp_path / "data").exists()
     store.set_search_status(search.id, "stopped")

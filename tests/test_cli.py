@@ -135,3 +135,30 @@ def test_proxy_command_names_bad_config_fields(tmp_path):
     result = runner.invoke(app, ["proxy", "-c", str(path)])
     assert result.exit_code == 2
     assert "detector.neck.repeats: Input should be greater than or equal to 1" in result.output
+
+
+def _run_nas(*args: str) -> subprocess.CompletedProcess:
+    """The installed ``nas`` in a process of its own, as a user runs it (CliRunner hides tracebacks)."""
+    return subprocess.run(
+        [sys.executable, "-m", "nas_service.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_user_errors_are_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_path):
+    binary = tmp_path / "config.yaml"
+    binary.write_bytes(b"\x00\xff\xfe binary")
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where a folder must be made")
+    cases = {
+        ("proxy", "-c", str(binary)): f"error: {binary}: not a text file (byte 1 is not UTF-8)",
+        ("dataset", "synth", "--out", str(blocked / "synthetic")): "cannot create the synthetic dataset here",
+        ("search", "list", "--db", f"sqlite:///{tmp_path}/typo/nas.db"): "no episode store at",
+    }
+    for args, message in cases.items():
+        result = _run_nas(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr + result.stdout, args
+    assert not (tmp_path / "typo").exists()  # a mistyped --db made no new, empty store
+    debug = _run_nas("--debug", "proxy", "-c", str(binary))
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr

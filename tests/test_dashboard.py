@@ -11,7 +11,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from nas_service.store import EpisodeStore
+from tests.live_server import free_port
 from tests.seeding import seed_search, start_new_episode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,12 +48,6 @@ class Site:
     def get(self, path: str):
         with urlopen(self.base + path, timeout=10) as response:
             return json.load(response)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_healthy(base: str, server: subprocess.Popen, log: Path) -> None:

@@ -25,12 +25,14 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch import Tensor
 
+from nas_errors import UserError
+
 _MISSING = object()
 _PATCH_DIR = re.compile(r"patch\d+")
 _MAX_EXAMPLES = 5
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A malformed annotation file; the message names the file, the list and index, and the field."""
 
 

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from detector.config import StrictModel
 from detector.data.synthetic import generate_synthetic_dataset
+from nas_errors import UserError
 
 MANIFEST = "synthetic.json"
 
@@ -55,24 +56,17 @@ def ensure_synthetic_dataset(config: SyntheticDataConfig) -> DatasetPaths:
     root = config.root
     wanted = config.model_dump(mode="json", exclude={"root"})
     if not root.exists():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-        generate_synthetic_dataset(
-            staging, config.num_train, config.num_val, config.image_size, config.num_classes, config.seed
-        )
-        (staging / MANIFEST).write_text(json.dumps(wanted, indent=2, sort_keys=True))
-        staging.chmod(0o755)  # mkdtemp makes it private; workers of other users read it on shared storage
         try:
-            os.rename(staging, root)
-        except OSError:
-            shutil.rmtree(staging)  # another worker finished first
+            _generate(config, wanted)
+        except OSError as error:
+            raise UserError(f"{root}: cannot create the synthetic dataset here ({error.strerror})") from None
     manifest = root / MANIFEST
     if not manifest.exists():
-        raise ValueError(f"{root}: exists but is not a generated synthetic dataset (no {MANIFEST})")
+        raise UserError(f"{root}: exists but is not a generated synthetic dataset (no {MANIFEST})")
     found = json.loads(manifest.read_text())
     if found != wanted:
         changed = sorted(k for k in wanted if found.get(k) != wanted[k])
-        raise ValueError(
+        raise UserError(
             f"{root}: holds a synthetic dataset generated with other settings ({', '.join(changed)}: "
             f"{ {k: found.get(k) for k in changed} } there, { {k: wanted[k] for k in changed} } wanted); "
             "remove it or choose another root"
@@ -80,3 +74,19 @@ def ensure_synthetic_dataset(config: SyntheticDataConfig) -> DatasetPaths:
     return DatasetPaths(
         root / "annotations" / "train.json", root / "train", root / "annotations" / "val.json", root / "val"
     )
+
+
+def _generate(config: SyntheticDataConfig, manifest: dict) -> None:
+    """Generate into a private staging folder, then rename it into place (atomic for readers)."""
+    root = config.root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    generate_synthetic_dataset(
+        staging, config.num_train, config.num_val, config.image_size, config.num_classes, config.seed
+    )
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    staging.chmod(0o755)  # mkdtemp makes it private; workers of other users read it on shared storage
+    try:
+        os.rename(staging, root)
+    except OSError:
+        shutil.rmtree(staging)  # another worker finished first

@@ -29,6 +29,8 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 import torch
 
+from nas_errors import UserError
+
 SamplerKind = Literal["uniform", "class_diversity", "class_aware", "repeat_factor"]
 SAMPLER_KINDS: tuple[str, ...] = ("uniform", "class_diversity", "class_aware", "repeat_factor")
 
@@ -45,7 +47,7 @@ def sampling_weights(
     For ``repeat_factor`` the weight is the repeat factor r_i, the expected draws per epoch.
     """
     if kind not in SAMPLER_KINDS:
-        raise ValueError(f"sampler.kind: expected one of {', '.join(SAMPLER_KINDS)}, got {kind!r}")
+        raise UserError(f"sampler.kind: expected one of {', '.join(SAMPLER_KINDS)}, got {kind!r}")
     num_images = len(image_labels)
     if kind == "uniform":
         return np.ones(num_images)
@@ -82,10 +84,10 @@ class TrainingSampler(torch.utils.data.Sampler):
         start: int = 0,
     ) -> None:
         if kind not in SAMPLER_KINDS:
-            raise ValueError(f"sampler.kind: expected one of {', '.join(SAMPLER_KINDS)}, got {kind!r}")
+            raise UserError(f"sampler.kind: expected one of {', '.join(SAMPLER_KINDS)}, got {kind!r}")
         weights = np.asarray(weights, dtype=np.float64)
         if len(weights) == 0 or not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(
+            raise UserError(
                 f"sampler.kind: {kind} gives no image a positive weight (do the training images have boxes?)"
             )
         if not 0 <= rank < world_size:

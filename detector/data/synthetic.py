@@ -30,6 +30,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from nas_errors import UserError
+
 Box = tuple[float, float, float, float]
 
 SHAPES = ("ellipse", "rectangle", "triangle", "star", "cross", "ring", "diamond")
@@ -76,7 +78,7 @@ def synthetic_classes(num_classes: int) -> list[tuple[str, str]]:
         (SHAPES[s], colours[(s + d) % len(colours)]) for d in range(len(colours)) for s in range(len(SHAPES))
     ]
     if not 1 <= num_classes <= len(pairs):
-        raise ValueError(f"num_classes: expected 1..{len(pairs)} (shapes x colours), got {num_classes}")
+        raise UserError(f"num_classes: expected 1..{len(pairs)} (shapes x colours), got {num_classes}")
     return pairs[:num_classes]
 
 
@@ -86,9 +88,9 @@ def generate_synthetic_dataset(
     """Write ``train/``, ``val/`` PNGs and ``annotations/{train,val}.json`` under ``out_dir``."""
     for name, value in (("num_train", num_train), ("num_val", num_val)):
         if value < 1:
-            raise ValueError(f"{name}: expected at least 1 image, got {value}")
+            raise UserError(f"{name}: expected at least 1 image, got {value}")
     if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size: expected at least {MIN_IMAGE_SIZE} pixels, got {image_size}")
+        raise UserError(f"image_size: expected at least {MIN_IMAGE_SIZE} pixels, got {image_size}")
     classes = synthetic_classes(num_classes)
     meta, train_seq, val_seq = np.random.SeedSequence(seed).spawn(3)
     weights = _class_weights(np.random.default_rng(meta), num_classes)

@@ -2,6 +2,6 @@
 
 from detector.engine.config import DetectorTrainingConfig
 from detector.engine.model import build_detector, detector_config
-from detector.engine.trainer import TrainingError, TrainResult, train
+from detector.engine.trainer import TrainResult, train
 
-__all__ = ["DetectorTrainingConfig", "TrainResult", "TrainingError", "build_detector", "detector_config", "train"]
+__all__ = ["DetectorTrainingConfig", "TrainResult", "build_detector", "detector_config", "train"]

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from nas_errors import UserError
+
 LATEST = "last_checkpoint"
 FINAL = "model_final.pth"
 _PERIODIC = re.compile(r"model_(\d{7})\.pth")
@@ -48,7 +50,7 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
         return None
     path = work_dir / pointer.read_text().strip()
     if not path.exists():
-        raise ValueError(f"{pointer}: names {path.name}, which does not exist")
+        raise UserError(f"{pointer}: names {path.name}, which does not exist")
     return path
 
 
@@ -56,4 +58,4 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as error:
-        raise ValueError(f"{path}: cannot read checkpoint: {error}") from None
+        raise UserError(f"{path}: cannot read checkpoint: {error}") from None

@@ -17,6 +17,7 @@ from detector.engine.runtime import resolve_device
 from detector.evaluation import coco_results_by_image, evaluate_detections
 from detector.inference import Detections, detect, detect_tta, fuse, view_transform
 from detector.modeling import CascadeRCNN
+from nas_errors import UserError
 
 Log = Callable[[str], None]
 
@@ -38,7 +39,7 @@ def evaluate(
     """Detect the evaluation split with each checkpoint (``tta``: multi-scale + flip), fuse several
     checkpoints' detections with ``test.ensemble``, and score them."""
     if not checkpoints:
-        raise ValueError("checkpoints: give at least one")
+        raise UserError("checkpoints: give at least one")
     device = resolve_device(config.train.device)
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
@@ -71,7 +72,7 @@ def load_for_testing(config: DetectorTrainingConfig, path: Path, class_names: li
     else:
         stored, stored_names = config.detector, None
     if stored_names is not None and list(stored_names) != list(class_names):
-        raise ValueError(f"{path}: trained on other classes than the evaluation split's")
+        raise UserError(f"{path}: trained on other classes than the evaluation split's")
     wanted = config.detector
     detector = stored.model_copy(
         update={
@@ -91,7 +92,7 @@ def load_for_testing(config: DetectorTrainingConfig, path: Path, class_names: li
     model = CascadeRCNN(detector)
     missing, unexpected = model.load_state_dict(model_state(state), strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise UserError(
             f"{path}: does not fit the detector config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model

@@ -8,15 +8,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from nas_errors import UserError
+
 
 def resolve_device(choice: str, field: str = "train.device") -> torch.device:
     """``auto`` picks CUDA when available; asking for CUDA without it is an error naming ``field``."""
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{field}: 'cuda' requested but no CUDA device is available")
+        raise UserError(f"{field}: 'cuda' requested but no CUDA device is available")
     if choice not in ("cpu", "cuda"):
-        raise ValueError(f"{field}: expected auto, cpu or cuda, got {choice!r}")
+        raise UserError(f"{field}: expected auto, cpu or cuda, got {choice!r}")
     return torch.device(choice)
 
 

@@ -33,14 +33,11 @@ from detector.engine.model import build_detector
 from detector.engine.runtime import capture_rng_state, resolve_device, restore_rng_state, seed_everything
 from detector.engine.schedule import lr_factor
 from detector.engine.step import apply_gradients, compute_losses, loss_summary
+from nas_errors import TrainingError, UserError
 
 Log = Callable[[str], None]
 # Settings a resumed run must share with the run it continues, or it would not continue it.
 _RESUME_FIXED = ("dataset.sampler", "train.batch_size", "train.seed", "train.short_sides", "train.max_size")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss); the message says when and which loss."""
 
 
 @dataclass
@@ -147,9 +144,9 @@ class _Run:
 
     def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
         if state["class_names"] != self.dataset.class_names:
-            raise ValueError(f"{path}: trained on other classes than this config's training set")
+            raise UserError(f"{path}: trained on other classes than this config's training set")
         if state["world_size"] != self.world_size:
-            raise ValueError(
+            raise UserError(
                 f"{path}: written by {state['world_size']} process(es); resume with the same number, "
                 f"not {self.world_size}, to continue the same sample stream"
             )
@@ -157,7 +154,7 @@ class _Run:
         for dotted in _RESUME_FIXED:
             before, after = _lookup(state["config"], dotted), _lookup(now, dotted)
             if before != after:
-                raise ValueError(f"{path}: {dotted} was {before}, the config now says {after}; a resume keeps it")
+                raise UserError(f"{path}: {dotted} was {before}, the config now says {after}; a resume keeps it")
 
     def _restore(self, state: dict[str, Any] | None) -> tuple[int, list[float]]:
         """Load a checkpoint's model, optimizer, scheduler and scaler states."""

@@ -1,7 +1,7 @@
 """The FastAPI application: REST API under ``/api``, the dashboard at ``/``.
 
-Store errors become JSON problems (404 not found, 409 conflict, 422 bad input), so bad input never
-reaches the client as a 500.
+Errors of the project's tree (``nas_errors``) become JSON problems by branch (404 not found, 409
+conflict, 422 bad input, 503 launch or service failure), so bad input never reaches the client as a 500.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from nas_service.api.deps import Settings, Store
 from nas_service.api.routers import architectures, episodes, searches
 from nas_service.api.schemas import ConfigPreset, FieldProblem, Health, Problem
-from nas_service.configs import ConfigError
-from nas_service.export import NothingToExport
-from nas_service.launcher import LaunchError, StateConflict
+from nas_errors import Conflict, LaunchError, NasError, NotFound, TrainingError, Unavailable, UserError
 from nas_service.search_config import load_search_config
-from nas_service.store import Conflict, EpisodeStore, NotFound, StoreError
+from nas_service.store import EpisodeStore
 
 STATIC = Path(__file__).resolve().parent / "static"
 PRESETS = Path("configs/search")
@@ -81,13 +79,18 @@ def _method_not_allowed(request: Request, error: StarletteHTTPException) -> JSON
 def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _method_not_allowed)
-    # Starlette picks the handler of the most specific class, so the subclasses win over StoreError.
-    app.add_exception_handler(NotFound, _problem(status.HTTP_404_NOT_FOUND))
-    app.add_exception_handler(NothingToExport, _problem(status.HTTP_404_NOT_FOUND))
-    app.add_exception_handler(Conflict, _problem(status.HTTP_409_CONFLICT))
-    app.add_exception_handler(StateConflict, _problem(status.HTTP_409_CONFLICT))
-    app.add_exception_handler(LaunchError, _problem(status.HTTP_503_SERVICE_UNAVAILABLE))
-    app.add_exception_handler(StoreError, _problem(422))  # the store's own input checks
+    # Starlette picks the handler of the first class in the error's MRO that has one, so a store's
+    # NotFound (also a StoreError, which is a UserError) is a 404, not a 422.
+    for branch, code in (
+        (NotFound, status.HTTP_404_NOT_FOUND),
+        (Conflict, status.HTTP_409_CONFLICT),
+        (UserError, status.HTTP_422_UNPROCESSABLE_CONTENT),
+        (TrainingError, status.HTTP_422_UNPROCESSABLE_CONTENT),
+        (LaunchError, status.HTTP_503_SERVICE_UNAVAILABLE),
+        (Unavailable, status.HTTP_503_SERVICE_UNAVAILABLE),
+        (NasError, status.HTTP_400_BAD_REQUEST),
+    ):
+        app.add_exception_handler(branch, _problem(code))
 
 
 def _add_service_routes(app: FastAPI) -> None:
@@ -106,7 +109,7 @@ def _add_service_routes(app: FastAPI) -> None:
         for path in sorted(PRESETS.glob("*.yaml")):
             try:
                 config, error = load_search_config(path).model_dump(mode="json"), None
-            except ConfigError as problem:
+            except UserError as problem:
                 config, error = None, str(problem)
             presets.append(ConfigPreset(name=path.stem, path=str(path), config=config, error=error))
         return presets

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nas_service.search_config import SearchConfig
+from nas_service.search_config import SearchConfig, stored_reward_metric
 from nas_service.store import EpisodeRecord, SearchRecord
 
 SearchStatus = Literal["created", "running", "stopping", "stopped", "completed", "failed"]
@@ -91,7 +91,7 @@ class SearchDetail(SearchSummary):
     @classmethod
     def from_record(cls, search: SearchRecord) -> "SearchDetail":
         summary = SearchSummary.from_record(search)
-        metric = search.config.get("reward", {}).get("metric", "AP")
+        metric = stored_reward_metric(search.config)
         return cls(**summary.model_dump(), config=search.config, reward_metric=metric)
 
 

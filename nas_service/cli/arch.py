@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from nas_service.cli.common import LEVELS_OPTION, fail, parse_levels
-from search_spaces import KNOWN_ARCHITECTURES, ArchitectureError, neck_cost
+from nas_service.cli.common import LEVELS_OPTION, parse_levels
+from search_spaces import KNOWN_ARCHITECTURES, neck_cost
 from search_spaces.render import render_svg
 from search_spaces.space import resolve_architecture
 
@@ -33,10 +33,7 @@ def arch_show(
     repeats: int = typer.Option(7, help="Cell repeats for the FLOPs figure."),
 ) -> None:
     """Print an architecture (cells, hash, cost) and optionally draw it."""
-    try:
-        arch = resolve_architecture(spec, parse_levels(levels))
-    except ArchitectureError as error:
-        fail(error)
+    arch = resolve_architecture(spec, parse_levels(levels))
     cost = neck_cost(arch, (image_size, image_size), width=width, repeats=repeats)
     typer.echo(f"architecture: {arch}")
     typer.echo(f"hash:         {arch.canonical_hash()}")

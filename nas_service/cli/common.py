@@ -1,14 +1,15 @@
-"""What the ``nas`` commands share: the store option, error exits and argument parsers."""
+"""What the ``nas`` commands share: the store option and argument parsers."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Optional
 
 import typer
 
-from nas_service.store import EpisodeStore, StoreError
+from nas_errors import NotFound
+from nas_service.store import EpisodeStore
 from search_spaces import DEFAULT_LEVELS
 
 DEFAULT_DB = "sqlite:///data/nas.db"
@@ -19,25 +20,21 @@ RAY_OPTION = typer.Option(None, "--ray-address", help="Join this Ray cluster (de
 LEVELS_OPTION = typer.Option(",".join(map(str, DEFAULT_LEVELS)), "--levels", help="Pyramid levels, comma-separated.")
 
 
-def fail(error: Exception) -> NoReturn:
-    """Print ``error`` and exit with status 2, the exit status of every bad-input error."""
-    typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(2)
-
-
 def store_url(db: Optional[str]) -> str:
     """``--db``, else ``$NAS_DB_URL``, else the SQLite file under ``data/``."""
     return db or os.environ.get("NAS_DB_URL") or DEFAULT_DB
 
 
-def open_store(db: Optional[str]) -> EpisodeStore:
+def open_store(db: Optional[str], create: bool = False) -> EpisodeStore:
+    """The store at ``db``; a SQLite file that does not exist is made only when ``create`` is set,
+    so a mistyped ``--db`` of a reading command is an error rather than a new, empty store."""
     url = store_url(db)
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return EpisodeStore(url)
-    except StoreError as error:
-        fail(error)
+        path = Path(url.removeprefix("sqlite:///"))
+        if not create and not path.exists():
+            raise NotFound(f"--db {url}: no episode store at {path}; start a search first, or check the path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return EpisodeStore(url)
 
 
 def parse_levels(text: str) -> tuple[int, ...]:

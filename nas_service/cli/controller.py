@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from controller import Controller, ControllerConfig
-from nas_service.cli.common import fail
 from nas_service.configs import load_config
 
 controller_app = typer.Typer(help="Sample from the controller.", no_args_is_help=True)
@@ -23,12 +22,9 @@ def controller_sample(
     seed: Optional[int] = typer.Option(None, help="Random seed of the controller (overrides the config)."),
 ) -> None:
     """Sample architectures from a freshly seeded controller, without training any of them."""
-    try:
-        config = load_config(config_path, ControllerConfig) if config_path else ControllerConfig()
-        if seed is not None:
-            config = ControllerConfig.model_validate({**config.model_dump(), "seed": seed})
-    except ValueError as error:
-        fail(error)
+    config = load_config(config_path, ControllerConfig) if config_path else ControllerConfig()
+    if seed is not None:
+        config = config.model_copy(update={"seed": seed})
     controller = Controller(config)
     if controller.seed_probability is not None:
         typer.echo(

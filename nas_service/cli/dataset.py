@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from detector.data.coco import DatasetError, annotation_labels
+from detector.data.coco import annotation_labels
 from detector.data.prepare import SyntheticDataConfig, ensure_synthetic_dataset
 from detector.data.samplers import SAMPLER_KINDS, class_exposure, sampling_weights
-from nas_service.cli.common import fail
 
 dataset_app = typer.Typer(help="Make and inspect datasets.", no_args_is_help=True)
 
@@ -28,10 +27,7 @@ def dataset_synth(
     config = SyntheticDataConfig(
         root=out, num_train=train, num_val=val, image_size=size, num_classes=classes, seed=seed
     )
-    try:
-        paths = ensure_synthetic_dataset(config)
-    except ValueError as error:
-        fail(error)
+    paths = ensure_synthetic_dataset(config)
     typer.echo(f"train: {paths.train_annotations} ({train} images in {paths.train_images})")
     typer.echo(f"val:   {paths.val_annotations} ({val} held-out images in {paths.val_images})")
 
@@ -49,10 +45,7 @@ def dataset_stats(
     Per class: boxes, images containing it, and for each sampler the chance that a drawn image
     contains the class. Per image: each sampler's probability of drawing it, times the number of
     images (1.0 = as often as uniform sampling)."""
-    try:
-        names, labels = annotation_labels(annotations)
-    except DatasetError as error:
-        fail(error)
+    names, labels = annotation_labels(annotations)
     num_classes = len(names)
     boxes = np.bincount(np.concatenate([np.zeros(0, np.int64), *labels]), minlength=num_classes + 1)
     with_class = np.bincount(

@@ -7,9 +7,9 @@ from typing import Optional, cast
 
 import typer
 
-from nas_service.cli.common import DB_OPTION, fail, open_store
-from nas_service.export import EXPORT_FORMATS, ExportFormat, NothingToExport, bundle, export_architectures
-from nas_service.store import StoreError
+from nas_errors import UserError
+from nas_service.cli.common import DB_OPTION, open_store
+from nas_service.export import EXPORT_FORMATS, ExportFormat, bundle, export_architectures
 
 export_app = typer.Typer(help="Export searched architectures.", no_args_is_help=True)
 
@@ -26,13 +26,10 @@ def export_best(
 ) -> None:
     """Export the best architecture(s) of a search: a commented, complete detector config or the bare JSON."""
     if to not in EXPORT_FORMATS:
-        fail(ValueError(f"--to: expected one of {', '.join(EXPORT_FORMATS)}, got {to!r}"))
+        raise UserError(f"--to: expected one of {', '.join(EXPORT_FORMATS)}, got {to!r}")
     export_format = cast(ExportFormat, to)
     store = open_store(db)
-    try:
-        exported = export_architectures(store, search_id, to=export_format, top=top)
-    except (StoreError, NothingToExport) as error:
-        fail(error)
+    exported = export_architectures(store, search_id, to=export_format, top=top)
     if output is None:
         typer.echo(bundle(exported, export_format), nl=False)
         return

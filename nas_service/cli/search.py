@@ -7,18 +7,10 @@ from typing import Optional
 
 import typer
 
-from nas_service.cli.common import DB_OPTION, RAY_OPTION, fail, open_store, store_url
-from nas_service.launcher import (
-    LaunchError,
-    StateConflict,
-    check_resumable,
-    claim,
-    create_search,
-    request_stop,
-    start_runner,
-)
+from nas_service.cli.common import DB_OPTION, RAY_OPTION, open_store, store_url
+from nas_service.launcher import check_resumable, claim, create_search, request_stop, start_runner
 from nas_service.search_config import load_search_config
-from nas_service.store import EpisodeStore, SearchRecord, StoreError
+from nas_service.store import EpisodeStore, SearchRecord
 from search_spaces import Architecture
 
 search_app = typer.Typer(help="Run and inspect searches.", no_args_is_help=True)
@@ -29,14 +21,11 @@ def _run(
     store: EpisodeStore, search: SearchRecord, db: Optional[str], ray_address: Optional[str], detach: bool
 ) -> None:
     """Claim ``search`` from the status the caller checked, then run it here or in the background."""
-    try:
-        if detach:
-            where = start_runner(store, search, store_url(db), ray_address)
-            typer.echo(f"search {search.id} running in the background ({where})")
-            return
-        claim(store, search)
-    except (StateConflict, LaunchError) as error:
-        fail(error)
+    if detach:
+        where = start_runner(store, search, store_url(db), ray_address)
+        typer.echo(f"search {search.id} running in the background ({where})")
+        return
+    claim(store, search)
     _run_claimed(store, search.id, ray_address)
 
 
@@ -59,15 +48,9 @@ def search_start(
     detach: bool = DETACH_OPTION,
 ) -> None:
     """Create a search from a config and run it, with a live progress display."""
-    try:
-        config = load_search_config(config_path)
-    except ValueError as error:
-        fail(error)
-    store = open_store(db)
-    try:
-        search = create_search(store, config, name, default_stem=config_path.stem)
-    except StoreError as error:
-        fail(error)
+    config = load_search_config(config_path)
+    store = open_store(db, create=True)
+    search = create_search(store, config, name, default_stem=config_path.stem)
     typer.echo(f"search {search.id} ({search.name}) created")
     _run(store, search, db, ray_address, detach)
 
@@ -86,11 +69,8 @@ def search_resume(
     if claimed:  # launched by start_runner, which already checked and claimed it; a stop since is honoured
         _run_claimed(store, search_id, ray_address)
         return
-    try:
-        search = store.get_search(search_id)
-        check_resumable(search, force)
-    except (StoreError, StateConflict) as error:
-        fail(error)
+    search = store.get_search(search_id)
+    check_resumable(search, force)
     _run(store, search, db, ray_address, detach)
 
 
@@ -98,10 +78,7 @@ def search_resume(
 def search_stop(search_id: int = typer.Argument(..., help="Search id."), db: Optional[str] = DB_OPTION) -> None:
     """Ask a running search to stop: no new episodes; running ones finish and are recorded."""
     store = open_store(db)
-    try:
-        request_stop(store, search_id)
-    except (StoreError, StateConflict) as error:
-        fail(error)
+    request_stop(store, search_id)
     typer.echo(f"search {search_id} is stopping; resume it with `nas search resume {search_id}`")
 
 
@@ -127,10 +104,7 @@ def search_show(
 ) -> None:
     """A search's summary and its best architectures."""
     store = open_store(db)
-    try:
-        _print_summary(store, search_id, top)
-    except StoreError as error:
-        fail(error)
+    _print_summary(store, search_id, top)
 
 
 def _print_summary(store: EpisodeStore, search_id: int, top: int) -> None:

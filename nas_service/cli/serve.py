@@ -29,7 +29,7 @@ def serve(
     from nas_service.api import create_app
 
     url = store_url(db)
-    open_store(db).close()  # creates the SQLite folder and checks the database before binding
+    open_store(db, create=True).close()  # creates the SQLite folder and checks the database before binding
     token = os.environ.get("NAS_API_TOKEN") or None
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(

@@ -9,19 +9,12 @@ import typer
 
 from detector.engine.config import DetectorTrainingConfig
 from detector.engine.evaluate import evaluate
-from detector.engine.trainer import TrainingError, train
+from detector.engine.trainer import train
 from detector.evaluation import summary_lines, write_detections
-from nas_service.cli.common import fail
+from nas_errors import UserError
 from nas_service.configs import load_config
 
 CONFIG_OPTION = typer.Option(..., "-c", "--config", help="Detector config YAML (nas export best --to detector-config).")
-
-
-def _load(path: Path) -> DetectorTrainingConfig:
-    try:
-        return load_config(path, DetectorTrainingConfig)
-    except ValueError as error:
-        fail(error)
 
 
 def train_command(
@@ -32,15 +25,9 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the work dir."),
 ) -> None:
     """Train the detector; under torchrun every process runs this (see docs/training.md)."""
-    config = _load(config_path)
+    config = load_config(config_path, DetectorTrainingConfig)
     work_dir = work_dir or Path("work_dirs") / config_path.stem
-    try:
-        result = train(config, work_dir, resume=resume, log=typer.echo)
-    except TrainingError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1)
-    except ValueError as error:
-        fail(error)
+    result = train(config, work_dir, resume=resume, log=typer.echo)
     typer.echo(f"done: {result.iterations} iterations, {result.images_per_second:.2f} img/s; {result.checkpoint}")
 
 
@@ -55,16 +42,13 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Write the detections here (COCO results JSON)."),
 ) -> None:
     """Test a checkpoint (or fuse an ensemble) on the evaluation split and print COCO AP."""
-    config = _load(config_path)
+    config = load_config(config_path, DetectorTrainingConfig)
     checkpoints = ([checkpoint] if checkpoint else []) + list(members or [])
     if ensemble and len(checkpoints) < 2:
-        fail(ValueError("--ensemble: list two or more checkpoints, e.g. --ensemble CKPT1 CKPT2"))
+        raise UserError("--ensemble: list two or more checkpoints, e.g. --ensemble CKPT1 CKPT2")
     if not ensemble and len(checkpoints) != 1:
-        fail(ValueError("give --checkpoint CKPT, or --ensemble CKPT1 CKPT2 ..."))
-    try:
-        result = evaluate(config, checkpoints, tta=tta or config.test.tta.enabled, log=typer.echo)
-    except ValueError as error:
-        fail(error)
+        raise UserError("give --checkpoint CKPT, or --ensemble CKPT1 CKPT2 ...")
+    result = evaluate(config, checkpoints, tta=tta or config.test.tta.enabled, log=typer.echo)
     for line in summary_lines(result.metrics):
         typer.echo(line)
     per_image = result.seconds / max(result.num_images, 1)

@@ -4,7 +4,7 @@
 (``postgresql+psycopg://...``), upgrading the schema with the Alembic revisions shipped here.
 """
 
-from nas_service.store.errors import Conflict, EpisodeNotFound, NotFound, SearchNotFound, StoreError
+from nas_service.store.errors import Conflict, EpisodeNotFound, NotFound, SearchNotFound, StoreError, StoreUnavailable
 from nas_service.store.migrate import upgrade_database
 from nas_service.store.schema import EPISODE_STATUSES, SEARCH_STATUSES
 from nas_service.store.storage import (
@@ -36,5 +36,6 @@ __all__ = [
     "SearchRecord",
     "SeriesPoint",
     "StoreError",
+    "StoreUnavailable",
     "upgrade_database",
 ]

@@ -1,16 +1,19 @@
-"""Errors of the episode store: one base class, so callers can catch everything the store refuses."""
+"""Errors of the episode store, as branches of the project's error tree (``nas_errors``).
+
+``StoreError`` is a value the store refuses; its subclasses also belong to the tree's branches
+(``NotFound``, ``Conflict``, ``Unavailable``), so the CLI and the API handle them by branch while
+callers of the store may still catch everything it refuses as ``StoreError``.
+"""
+
+import nas_errors
 
 
-class StoreError(Exception):
-    """A request the store cannot carry out: bad input, a conflict, or an unusable database."""
+class StoreError(nas_errors.UserError):
+    """A request the store refuses: a bad value, or (in the subclasses) a missing row or a conflict."""
 
 
-class NotFound(StoreError, KeyError):
-    """A search or episode that does not exist (also a ``KeyError``, for lookups by key)."""
-
-    def __str__(self) -> str:
-        # KeyError would print the message quoted, as if it were the missing key.
-        return str(self.args[0]) if self.args else ""
+class NotFound(nas_errors.NotFound, StoreError):
+    """A search or episode that does not exist."""
 
 
 class SearchNotFound(NotFound):
@@ -21,5 +24,9 @@ class EpisodeNotFound(NotFound):
     """No episode with the given number in the search."""
 
 
-class Conflict(StoreError):
+class Conflict(nas_errors.Conflict, StoreError):
     """A write that clashes with what is stored: a taken name, a repeated checkpoint, a finished episode."""
+
+
+class StoreUnavailable(nas_errors.Unavailable, StoreError):
+    """The database did not answer (down, unreachable, refusing the connection)."""

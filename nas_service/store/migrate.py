@@ -11,7 +11,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from nas_service.store.engine import create_store_engine, writer
-from nas_service.store.errors import StoreError
+from nas_service.store.errors import StoreError, StoreUnavailable
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any fixed key: concurrent first opens of a PostgreSQL database queue on it instead of racing to
@@ -43,4 +43,4 @@ def upgrade_engine(engine: Engine) -> None:
     except CommandError as error:
         raise StoreError(f"cannot upgrade the store at {where}: {error}") from None
     except DBAPIError as error:
-        raise StoreError(f"cannot open the store at {where}: {error.orig}") from None
+        raise StoreUnavailable(f"cannot open the store at {where}: {error.orig}") from None

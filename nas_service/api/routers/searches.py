@@ -8,15 +8,14 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 
 from nas_service.api.deps import UNAUTHORIZED, Authorized, SearchId, Settings, Store, get_settings
 from nas_service.api.schemas import Problem, SearchCreate, SearchDetail, SearchLaunch, SearchResume, SearchSummary
-from nas_service.launcher import StateConflict, check_resumable, create_search, request_stop, start_runner
+from nas_errors import Conflict
+from nas_service.launcher import ACTIVE_STATUSES, check_resumable, create_search, request_stop, start_runner
 from nas_service.search_config import with_absolute_paths
 
 router = APIRouter(prefix="/api/searches", tags=["searches"])
 NOT_LAUNCHED: dict[int | str, dict[str, Any]] = {
     503: {"model": Problem, "description": "The runner could not be started; the search is left as it was."}
 }
-ACTIVE = ("running", "stopping")
-"""A runner may be working on a search in these states: it must not be archived or deleted."""
 
 
 @router.get("", response_model=list[SearchSummary])
@@ -127,5 +126,5 @@ def delete_search(
 
 
 def _require_idle(search_status: str, search_id: int, action: str) -> None:
-    if search_status in ACTIVE:
-        raise StateConflict(f"search {search_id} is {search_status}; stop it before it can be {action}")
+    if search_status in ACTIVE_STATUSES:
+        raise Conflict(f"search {search_id} is {search_status}; stop it before it can be {action}")
