@@ -31,7 +31,8 @@ class BackboneConfig(StrictModel):
     weights: Path | None = None
     """A local torchvision ResNet state dict; None trains from scratch. Nothing is downloaded."""
     frozen_stages: int = Field(1, ge=0, le=5)
-    """Stem and the first ``frozen_stages - 1`` residual stages get no gradient (0: none frozen)."""
+    """Stem and the first ``frozen_stages - 1`` residual stages get no gradient and stay in eval mode, so
+    with ``norm: bn`` their BN statistics are frozen too (0: none frozen; 5: the whole backbone)."""
 
 
 class NeckConfig(StrictModel):

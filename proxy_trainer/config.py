@@ -9,8 +9,10 @@ from pydantic import Field, model_validator
 
 from detector.config import DetectorConfig, StrictModel
 from detector.data.prepare import SyntheticDataConfig
+from search_spaces.architecture import ArchitectureError
+from search_spaces.space import resolve_architecture
 
-__all__ = ["DatasetConfig", "ProxyConfig", "SyntheticDataConfig", "TrainConfig"]
+__all__ = ["BaseConfig", "DatasetConfig", "ProxyConfig", "SyntheticDataConfig", "TrainConfig"]
 
 
 class DatasetConfig(StrictModel):
@@ -70,12 +72,79 @@ class TrainConfig(StrictModel):
     """auto: CUDA when available. AMP is used on CUDA only."""
     amp: bool = True
     threads: int | None = Field(None, ge=1)
-    """CPU threads for torch (None: torch's default)."""
+    """CPU threads for torch when the caller does not say (a search passes its trial's CPUs); None: the
+    number of CPUs this process may run on. Never torch's default: on a shared machine that oversubscribes."""
+    log_every: int = Field(25, ge=1)
+    """Log iteration, loss and ETA every this many iterations (and at the first and last)."""
     inject_nonfinite_loss_at: int | None = Field(None, ge=0)
     """For testing failure handling end to end: the loss turns NaN at this iteration."""
+
+
+BasePart = Literal["backbone", "pyramid", "rpn", "roi_heads"]
+FrozenPart = Literal["backbone", "pyramid"]
+
+
+class BaseConfig(StrictModel):
+    """A proxy base: a detector trained once on the proxy's training split and shared by every episode.
+
+    Episodes load the ``load`` parts from it (the searched cell never), freeze the ``freeze`` parts
+    (BN statistics included) and train the rest for ``train.iterations``. The base's own recipe is
+    ``architecture``, ``iterations``, ``learning_rate``, ``warmup_iterations`` and ``seed``; the other
+    training settings (batch, input sizes, optimiser) are the proxy's ``train`` ones.
+    """
+
+    path: Path | None = None
+    """The base file (``nas proxy base`` makes it). None: built on first use into ``cache_dir``, named by
+    a hash of what it depends on (dataset, detector settings, recipe)."""
+    cache_dir: Path = Path("data/proxy-bases")
+    """Where bases built on first use are kept (relative to the working directory)."""
+    architecture: str = "fpn"
+    """The cell the base is trained with (a known name or an architecture JSON file)."""
+    iterations: int = Field(350, ge=1)
+    learning_rate: float = Field(0.04, gt=0)
+    warmup_iterations: int = Field(20, ge=0)
+    seed: int = 0
+    load: tuple[BasePart, ...] = ("backbone", "pyramid")
+    """Parts every episode starts from; the others start from a fresh initialisation that depends only on
+    the episode's seed, not on its cell."""
+    freeze: tuple[FrozenPart, ...] = ("backbone", "pyramid")
+    """Loaded parts that episodes do not train (in eval mode, so BN statistics stay the base's)."""
+
+    @model_validator(mode="after")
+    def _parts(self) -> "BaseConfig":
+        for name in ("load", "freeze"):
+            parts = getattr(self, name)
+            if len(set(parts)) != len(parts):
+                raise ValueError(f"base.{name}: lists a part twice: {list(parts)}")
+        if not self.load:
+            raise ValueError("base.load: name at least one part to load from the base, or drop the base section")
+        if unloaded := [part for part in self.freeze if part not in self.load]:
+            raise ValueError(f"base.freeze: {unloaded} would be frozen at a random initialisation; add to base.load")
+        return self
 
 
 class ProxyConfig(StrictModel):
     dataset: DatasetConfig
     detector: DetectorConfig
     train: TrainConfig = TrainConfig()
+    base: BaseConfig | None = None
+    """A pretrained proxy base shared by every episode; None: every episode trains from scratch."""
+
+    @model_validator(mode="after")
+    def _base_cell(self) -> "ProxyConfig":
+        if self.base is not None:
+            try:
+                resolve_architecture(self.base.architecture, self.detector.neck.levels)
+            except ArchitectureError as error:
+                raise ValueError(f"base.architecture: {error}") from None
+        return self
+
+    def absolute(self) -> "ProxyConfig":
+        """The same config with absolute dataset and base paths, for workers in other directories."""
+        update: dict = {"dataset": self.dataset.absolute()}
+        if self.base is not None:
+            base = {"cache_dir": self.base.cache_dir.resolve()}
+            if self.base.path is not None:
+                base["path"] = self.base.path.resolve()
+            update["base"] = self.base.model_copy(update=base)
+        return self.model_copy(update=update)

@@ -1,15 +1,20 @@
+import logging
 import math
+import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from detector.config import DetectorConfig
+from detector.config import BackboneConfig, DetectorConfig
+from detector.modeling.backbone import ResNetBackbone
 from nas_service.configs import load_config
 from proxy_trainer import ProxyConfig, train_proxy
 from proxy_trainer.data import ensure_synthetic_dataset
 from proxy_trainer.config import SyntheticDataConfig
-from proxy_trainer.trainer import learning_rate_factor
+from proxy_trainer.fit import learning_rate_factor, set_threads
+from proxy_trainer.trainer import _episode_model
 from search_spaces import fpn, known_architecture, nasfpn
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "proxy"
@@ -43,6 +48,7 @@ def tiny_proxy_config(root: Path, **train) -> ProxyConfig:
                 "eval_short_side": 64,
                 "eval_max_size": 96,
                 "eval_batch_size": 3,
+                "threads": 1,
                 **train,
             },
         }
@@ -63,6 +69,7 @@ def test_tiny_proxy_trains_and_evaluates_deterministically(data_root):
     assert set(first.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert 0.0 <= first.metrics["AP"] <= 1.0
     assert first.neck_flops > 0 and first.neck_params > 0 and first.detector_params > first.neck_params
+    assert first.trainable_params == first.detector_params and first.threads == 1 and first.base is None
     assert first.wall_time >= first.train_time + first.eval_time > 0
     second = train_proxy(known_architecture("nasfpn", (2, 3, 4, 5, 6)), config)
     assert second.loss_curve == first.loss_curve
@@ -94,7 +101,7 @@ def test_synthetic_dataset_is_reused_only_with_the_same_settings(data_root):
 
 def test_learning_rate_schedule_warms_up_then_decays(data_root):
     config = tiny_proxy_config(data_root, iterations=100, warmup_iterations=10, warmup_factor=0.01)
-    factors = [learning_rate_factor(i, config) for i in range(100)]
+    factors = [learning_rate_factor(i, config.train) for i in range(100)]
     assert factors[0] == pytest.approx(0.01)
     assert factors[10] == pytest.approx(1.0)
     assert all(a <= b for a, b in zip(factors[:10], factors[1:11]))
@@ -115,3 +122,51 @@ def test_dataset_config_rejects_training_on_the_reward_split(tmp_path):
     data["dataset"] = {"train_annotations": same, "train_images": "x", "val_annotations": same, "val_images": "x"}
     with pytest.raises(ValueError, match="the reward split must differ"):
         ProxyConfig.model_validate(data)
+
+
+def test_frozen_backbone_stages_keep_their_bn_statistics():
+    backbone = ResNetBackbone(BackboneConfig(depth=18, norm="bn", frozen_stages=2))
+    body = backbone.body
+    frozen_bns, trained_bn = (body.bn1, body.layer1[0].bn1), body.layer2[0].bn1
+    before = [bn.running_mean.clone() for bn in (*frozen_bns, trained_bn)]
+    torch.nn.Sequential(backbone).train()  # as the detector's train() reaches it
+    backbone(torch.randn(2, 3, 64, 64))
+    assert not body.layer1.training and body.layer2.training
+    assert all(not p.requires_grad for p in body.layer1.parameters())
+    assert all(p.requires_grad for p in body.layer2.parameters())
+    assert torch.equal(frozen_bns[0].running_mean, before[0]) and torch.equal(frozen_bns[1].running_mean, before[1])
+    assert not torch.equal(trained_bn.running_mean, before[2])
+
+
+def test_threads_come_from_the_caller_then_the_config_then_the_cpus_the_process_may_use():
+    try:
+        assert set_threads(2, 1) == (2, "the caller") and torch.get_num_threads() == 2
+        assert set_threads(None, 1) == (1, "train.threads") and torch.get_num_threads() == 1
+        threads, source = set_threads(None, None)
+        assert threads == len(os.sched_getaffinity(0)) == torch.get_num_threads()
+        assert source == "the CPUs this process may use"
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_an_episode_logs_its_progress(data_root, caplog):
+    caplog.set_level(logging.INFO, logger="proxy_trainer")
+    result = train_proxy(fpn((2, 3, 4, 5, 6)), tiny_proxy_config(data_root, log_every=2), threads=1)
+    messages = [record.getMessage() for record in caplog.records if record.name == "proxy_trainer"]
+    assert result.threads == 1 and "1 threads (from the caller)" in messages[0]
+    progress = [m for m in messages if m.startswith("iteration ")]
+    assert [m.split()[1] for m in progress] == ["1/4", "2/4", "4/4"]
+    assert all(" loss " in m and " ETA " in m for m in progress)
+    assert messages[-1].startswith(f"episode: AP {result.metrics['AP']:.4f}")
+
+
+def test_for_one_seed_every_part_but_the_cell_starts_the_same(data_root):
+    config = tiny_proxy_config(data_root)
+    with_fpn, _ = _episode_model(config, fpn((2, 3, 4, 5, 6)), 3, None)
+    with_nasfpn, _ = _episode_model(config, nasfpn((2, 3, 4, 5, 6)), 3, None)
+    other_seed, _ = _episode_model(tiny_proxy_config(data_root, seed=1), nasfpn((2, 3, 4, 5, 6)), 3, None)
+    a, b, c = with_fpn.state_dict(), with_nasfpn.state_dict(), other_seed.state_dict()
+    shared = [key for key in b if not key.startswith("neck.")]
+    assert any(key.startswith("rpn.") for key in shared) and any(key.startswith("roi_heads.") for key in shared)
+    assert all(torch.equal(a[key], b[key]) for key in shared)
+    assert not all(torch.equal(b[key], c[key]) for key in shared if key.startswith("roi_heads."))

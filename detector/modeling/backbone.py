@@ -22,6 +22,8 @@ _RESNETS: dict[int, Callable[..., resnet.ResNet]] = {
     101: resnet.resnet101,
 }
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
+_FROZEN_ORDER = ("conv1", "bn1", *_STAGES)
+"""Frozen first by ``frozen_stages``: 1 is the stem (conv1 + bn1), each further one adds a stage."""
 
 
 def _norm_layer(kind: str) -> Callable[[int], nn.Module]:
@@ -42,16 +44,21 @@ class ResNetBackbone(nn.Module):
             load_backbone_weights(net, config.weights, config.depth)
         if config.weight_standardization:
             convert_to_ws(net)
-        self._freeze(net, config.frozen_stages)
+        # Frozen children get no gradient and stay in eval mode, so their BN statistics never change.
+        self.frozen = _FROZEN_ORDER[: config.frozen_stages + 1] if config.frozen_stages else ()
+        for name in self.frozen:
+            getattr(net, name).requires_grad_(False)
         self.body = IntermediateLayerGetter(net, {name: str(level) for level, name in enumerate(_STAGES, 2)})
         width = 64 if config.depth < 50 else 256
         self.out_channels = {level: width * 2 ** (level - 2) for level in range(2, 6)}
 
-    @staticmethod
-    def _freeze(net: resnet.ResNet, frozen_stages: int) -> None:
-        modules = [nn.ModuleList([net.conv1, net.bn1])] + [getattr(net, name) for name in _STAGES]
-        for module in modules[:frozen_stages]:
-            module.requires_grad_(False)
+    def train(self, mode: bool = True) -> "ResNetBackbone":
+        """Training mode for the trainable stages only: a frozen stage's BN keeps its running statistics
+        (with ``norm: bn``, training mode would silently keep updating them)."""
+        super().train(mode)
+        for name in self.frozen:
+            getattr(self.body, name).eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         return {int(level): feature for level, feature in self.body(images).items()}
