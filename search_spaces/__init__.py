@@ -1,4 +1,7 @@
-"""The NAS-FPN merging-cell search space: architectures as data, known cells, the torch neck, drawings."""
+"""The NAS-FPN merging-cell search space: architectures as data, known cells, their cost, drawings.
+
+Pure Python (no torch): the torch module built from an architecture is ``detector.modeling.nasfpn``.
+"""
 
 from search_spaces.architecture import (
     DEFAULT_LEVELS,
@@ -10,7 +13,6 @@ from search_spaces.architecture import (
 )
 from search_spaces.cost import NeckCost, neck_cost
 from search_spaces.known import KNOWN_ARCHITECTURES, fpn, known_architecture, nasfpn
-from search_spaces.neck import NASFPNNeck
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -20,7 +22,6 @@ __all__ = [
     "Architecture",
     "ArchitectureError",
     "MergingCell",
-    "NASFPNNeck",
     "NeckCost",
     "fpn",
     "known_architecture",

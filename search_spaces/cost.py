@@ -1,15 +1,19 @@
-"""FLOPs and parameter count of a NAS-FPN neck, for cost-aware rewards."""
+"""FLOPs and parameter count of a NAS-FPN neck, for cost-aware rewards, computed from the architecture.
+
+Pure arithmetic, so drawing or listing cells needs no torch. ``tests/test_neck.py`` checks it against
+torch's own FLOP counter on the module built by ``detector.modeling.nasfpn``.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+from typing import Literal
 
 from search_spaces.architecture import Architecture
-from search_spaces.neck import AttentionPool, NASFPNNeck, NormKind
+
+NormKind = Literal["bn", "gn", "none"]
+"""The norm after each cell's 3x3 conv: BatchNorm, GroupNorm, or none (then the conv has a bias)."""
 
 
 @dataclass(frozen=True)
@@ -31,22 +35,17 @@ def neck_cost(
     width: int = 256,
     repeats: int = 7,
     norm: NormKind = "bn",
-    attention_pool: AttentionPool = "max",
 ) -> NeckCost:
-    """Count the neck's convolution FLOPs at ``image_size`` (H, W), its inputs already ``width`` wide.
+    """The neck's convolution FLOPs at ``image_size`` (H, W), its inputs already ``width`` wide.
 
-    Only convolutions are counted (the merges, resampling and norms are a rounding error next to them),
-    as is usual for detector FLOP figures.
+    Each cell ends in ReLU -> 3x3 conv (``width`` to ``width``) -> norm at its output level. Only the
+    convolutions are counted (merges, resampling and norms are a rounding error next to them), as is
+    usual for detector FLOP figures; the parameters are the convs' and the norms'.
     """
-    with torch.device("meta"):
-        neck = NASFPNNeck(
-            architecture, width, width=width, repeats=repeats, norm=norm, attention_pool=attention_pool
-        ).eval()
-        features = {
-            level: torch.zeros(1, width, *level_size(image_size, level)) for level in architecture.levels
-        }
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        neck(features)
-    params = sum(p.numel() for p in neck.parameters())
-    return NeckCost(flops=int(counter.get_total_flops()), params=params)
+    conv_params = 9 * width * width
+    extra_params = width if norm == "none" else 2 * width  # the conv's bias, or the norm's scale and shift
+    flops = sum(
+        2 * conv_params * math.prod(level_size(image_size, cell.output_level)) for cell in architecture.cells
+    )
+    params = len(architecture.cells) * (conv_params + extra_params)
+    return NeckCost(flops=repeats * flops, params=repeats * params)

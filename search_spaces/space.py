@@ -23,6 +23,10 @@ from search_spaces.architecture import (
 from search_spaces.known import KNOWN_ARCHITECTURES, known_architecture
 
 DECISION_KINDS: tuple[str, ...] = ("input_a", "input_b", "output_level", "op")
+ARCHITECTURE_FOLDER = "architecture_folder"
+"""Validation context key of the config-file loaders: the folder an architecture file named in the file
+is relative to. Without it (an API request, a Python caller) a config's architecture is a known name or
+inline JSON, and no file is opened while validating."""
 
 
 @dataclass(frozen=True)
@@ -131,3 +135,17 @@ def resolve_architecture(
         f"architecture: {spec!r} is neither a known name {sorted(KNOWN_ARCHITECTURES)} nor a JSON file"
     )
 
+
+
+def inline_architecture_file(spec: Any, context: dict[str, Any] | None) -> Any:
+    """A config's architecture field (before validation): a file name is replaced by the file's JSON
+    when a config loader gave ``ARCHITECTURE_FOLDER`` in ``context``, and refused unopened otherwise."""
+    if not isinstance(spec, str) or spec in KNOWN_ARCHITECTURES:
+        return spec
+    folder = (context or {}).get(ARCHITECTURE_FOLDER)
+    if folder is None:
+        raise ArchitectureError(
+            f"{spec!r} is not a known architecture {sorted(KNOWN_ARCHITECTURES)}; give the cell as inline "
+            "JSON (only a config file may name a JSON file)"
+        )
+    return resolve_architecture(str(Path(folder) / spec)).to_dict()

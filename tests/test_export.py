@@ -15,7 +15,7 @@ from nas_service.configs import load_config
 from nas_service.export import commented_yaml
 from nas_service.store import EpisodeStore
 from search_spaces import Architecture
-from search_spaces.neck import NASFPNCell
+from detector.modeling.nasfpn import NASFPNCell
 from tests.seeding import search_config, seed_search
 
 runner = CliRunner()

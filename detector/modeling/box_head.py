@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from search_spaces.neck import make_norm
+from detector.modeling.nasfpn import make_norm
 
 
 class ConvFCBoxHead(nn.Module):

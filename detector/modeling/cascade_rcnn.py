@@ -15,8 +15,8 @@ from torchvision.ops import FeaturePyramidNetwork
 from detector.config import DetectorConfig
 from detector.modeling.backbone import ResNetBackbone
 from detector.modeling.cascade import CascadeRoIHeads
+from detector.modeling.nasfpn import NASFPNNeck
 from detector.ops import convert_to_ws
-from search_spaces.neck import NASFPNNeck
 from search_spaces.space import resolve_architecture
 
 BACKBONE_LEVELS = (2, 3, 4, 5)

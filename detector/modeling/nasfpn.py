@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_errors import UserError
 from search_spaces.architecture import Architecture
+from search_spaces.cost import NormKind
 
-NormKind = Literal["bn", "gn", "none"]
 AttentionPool = Literal["max", "avg"]
 
 
@@ -33,7 +34,7 @@ def make_norm(kind: NormKind, channels: int) -> nn.Module:
         return nn.GroupNorm(groups, channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"norm: unknown kind {kind!r}; expected 'bn', 'gn' or 'none'")
+    raise UserError(f"norm: unknown kind {kind!r}; expected 'bn', 'gn' or 'none'")
 
 
 def resample(x: torch.Tensor, size: tuple[int, int], upsample: bool) -> torch.Tensor:
@@ -68,7 +69,7 @@ class NASFPNCell(nn.Module):
     ) -> None:
         super().__init__()
         if attention_pool not in ("max", "avg"):
-            raise ValueError(f"attention_pool: expected 'max' or 'avg', got {attention_pool!r}")
+            raise UserError(f"attention_pool: expected 'max' or 'avg', got {attention_pool!r}")
         self.architecture = architecture
         self.attention_pool = attention_pool
         self.post_ops = nn.ModuleList(CellPostOp(channels, norm) for _ in architecture.cells)
@@ -126,9 +127,9 @@ class NASFPNNeck(nn.Module):
     ) -> None:
         super().__init__()
         if repeats < 1:
-            raise ValueError(f"repeats: must be at least 1, got {repeats}")
+            raise UserError(f"repeats: must be at least 1, got {repeats}")
         if width < 1:
-            raise ValueError(f"width: must be positive, got {width}")
+            raise UserError(f"width: must be positive, got {width}")
         self.architecture = architecture
         self.levels = architecture.levels
         channels = (
