@@ -1,10 +1,10 @@
-"""Proxy benchmark: cost and reliability of the reward, and our training step next to torchvision's.
+"""Proxy benchmark: the proxy's fidelity report, and our training step next to torchvision's.
 
-    python -m bench.proxy [--config configs/proxy/cpu.yaml] [--seeds 3] [--steps 10]
+    python -m bench.proxy [--config configs/proxy/cpu.yaml] [--cells fpn,nasfpn] [--random 0] [--seeds 3]
+                          [--reference-factor F] [--threads 1] [--steps 10]
 
-1. For ``fpn`` and ``nasfpn`` as the searched cell, ``--seeds`` proxy episodes each: seconds per
-   training iteration, seconds per episode, AP and AP50. Then the AP spread over seeds of one cell
-   against the AP gap between the two cells: the proxy ranks cells reliably only if the gap is larger.
+1. The fidelity report of ``nas proxy fidelity`` (proxy_trainer.fidelity): each cell's reward over
+   seeds, same-seed differences over their spread, rank agreement, verdict and cost per episode.
 2. The training step time of our Cascade R-CNN next to torchvision's Faster R-CNN with the same
    backbone (ResNet, same norm, from scratch), FPN width, image size and batch, in this same run.
 """
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
@@ -27,27 +26,9 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from detector.data import CocoDetection, collate_padded, train_transforms
 from detector.modeling import CascadeRCNN
 from nas_service.configs import load_config
-from proxy_trainer import ProxyConfig, train_proxy
+from proxy_trainer import ProxyConfig
 from proxy_trainer.data import prepare_dataset
-from search_spaces import known_architecture
-
-
-def proxy_episodes(config: ProxyConfig, seeds: int) -> dict[str, list]:
-    levels = config.detector.neck.levels
-    results: dict[str, list] = {}
-    for name in ("fpn", "nasfpn"):
-        results[name] = []
-        for seed in range(seeds):
-            seeded = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
-            result = train_proxy(known_architecture(name, levels), seeded)
-            results[name].append(result)
-            print(
-                f"  {name:7} seed {seed}: {result.status}, AP {result.metrics.get('AP', float('nan')):.4f} "
-                f"AP50 {result.metrics.get('AP50', float('nan')):.4f}, {result.seconds_per_iteration:.3f} s/it, "
-                f"episode {result.wall_time:.1f} s",
-                flush=True,
-            )
-    return results
+from proxy_trainer.fidelity import fidelity_cells, format_report, run_fidelity
 
 
 def faster_rcnn_peer(config: ProxyConfig, num_classes: int) -> FasterRCNN:
@@ -105,30 +86,25 @@ def step_seconds(model: nn.Module, batches: list, steps: int, as_list: bool) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("configs/proxy/cpu.yaml"))
+    parser.add_argument("--cells", default="fpn,nasfpn")
+    parser.add_argument("--random", type=int, default=0, help="random cells besides --cells")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--reference-factor", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per model")
     args = parser.parse_args()
     config = load_config(args.config, ProxyConfig)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, config {args.config}")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, config {args.config}")
 
-    print(f"\n1. proxy episodes ({args.seeds} seeds per cell)")
-    results = proxy_episodes(config, args.seeds)
-    print(f"\n{'cell':8} {'AP mean':>8} {'AP sd':>7} {'AP50 mean':>9} {'s/it':>6} {'s/episode':>9}")
-    means = {}
-    spreads = []
-    for name, runs in results.items():
-        aps = [r.metrics.get("AP", 0.0) for r in runs]
-        means[name] = statistics.mean(aps)
-        spreads.append(statistics.stdev(aps) if len(aps) > 1 else 0.0)
-        print(
-            f"{name:8} {means[name]:8.4f} {spreads[-1]:7.4f} "
-            f"{statistics.mean(r.metrics.get('AP50', 0.0) for r in runs):9.4f} "
-            f"{statistics.mean(r.seconds_per_iteration for r in runs):6.3f} "
-            f"{statistics.mean(r.wall_time for r in runs):9.1f}"
-        )
-    gap = abs(means["nasfpn"] - means["fpn"])
-    print(f"AP gap between cells {gap:.4f}; largest AP sd over seeds {max(spreads):.4f}; "
-          f"gap / sd = {gap / max(max(spreads), 1e-9):.2f}")
+    print("\n1. proxy fidelity", flush=True)
+    cells = fidelity_cells(args.cells.split(","), args.random, config.detector.neck.levels)
+    report = run_fidelity(
+        config, cells, args.seeds, reference_factor=args.reference_factor, threads=args.threads,
+        on_episode=lambda e: print(f"  {e.cell} seed {e.seed}: AP {e.result.metrics.get('AP', float('nan')):.4f}, "
+                                   f"{e.result.wall_time:.1f} s", flush=True),
+    )
+    print("\n".join(format_report(report)))
 
     print(f"\n2. training step, batch {config.train.batch_size}, short side {config.train.train_short_sides}")
     paths = prepare_dataset(config.dataset)
