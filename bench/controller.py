@@ -4,7 +4,7 @@
 
 Prints the time to sample one architecture, the time of one policy update (per batch and per episode),
 and how many episodes each method needs to propose a hidden target exactly, with reward = fraction of
-matching decisions (see ``controller/learning_task.py``). All methods run in this one process.
+matching decisions (see ``bench/learning_task.py``). All methods run in this one process.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 import torch
 
 from controller import Controller, ControllerConfig
-from controller.learning_task import episodes_to_target, random_episodes_to_target
+from bench.learning_task import episodes_to_target, random_episodes_to_target
 from search_spaces.space import SearchSpace
 
 

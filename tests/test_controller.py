@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from controller import Controller, ControllerConfig
-from controller.learning_task import episodes_to_target, random_episodes_to_target
+from bench.learning_task import episodes_to_target, random_episodes_to_target
 from search_spaces import fpn, nasfpn
 from search_spaces.space import SearchSpace
 

@@ -11,7 +11,13 @@ from detector.data import (
     ResizeShortSide,
     generate_synthetic_dataset,
 )
-from detector.evaluation import detections_to_coco, evaluate_detections, summary_lines, write_detections
+from detector.evaluation import (
+    coco_results_by_image,
+    evaluate_detections,
+    summary_lines,
+    to_original_pixels,
+    write_detections,
+)
 
 SIZE = 64  # no object reaches COCO's "large" (area > 96^2), so APl has no ground truth
 
@@ -83,7 +89,7 @@ def test_detections_map_back_through_resize_and_flip(val, flip_prob):
     finally:
         val.transforms = None
     assert len({target["scale"] for target in targets}) > 5
-    detections = detections_to_coco(predictions, targets, val.label_to_category_id)
+    detections = _in_original_pixels(predictions, targets, val.label_to_category_id)
     expected = _detections(val.coco)
     assert len(detections) == len(expected)
     for got, want in zip(detections, expected):
@@ -102,7 +108,7 @@ def test_detections_map_back_on_non_square_images():
     for _ in range(10):
         image, target = transform(torch.zeros(3, 37, 53), original)
         prediction = {"boxes": target["boxes"], "scores": torch.ones(2), "labels": torch.tensor([1, 2])}
-        detections = detections_to_coco([prediction], [target], {1: 5, 2: 9})
+        detections = _in_original_pixels([prediction], [target], {1: 5, 2: 9})
         assert [d["category_id"] for d in detections] == [5, 9]
         for detection, bbox in zip(detections, expected):
             assert detection["bbox"] == pytest.approx(bbox, abs=1e-3)
@@ -111,8 +117,17 @@ def test_detections_map_back_on_non_square_images():
 def test_unknown_labels_are_named():
     prediction = {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([7])}
     target = {"image_id": 1, "scale": 1.0, "flipped": False, "orig_size": (10, 10)}
-    with pytest.raises(ValueError, match=r"predictions\[0\]\.labels: no category for label 7"):
-        detections_to_coco([prediction], [target], {1: 3})
+    with pytest.raises(ValueError, match=r"labels: no category for label 7"):
+        _in_original_pixels([prediction], [target], {1: 3})
+
+
+def _in_original_pixels(predictions, targets, label_to_category_id):
+    """COCO results of network-input predictions, mapped back as the product's testing does."""
+    by_image = {
+        target["image_id"]: {**prediction, "boxes": to_original_pixels(prediction["boxes"], target)}
+        for prediction, target in zip(predictions, targets)
+    }
+    return coco_results_by_image(by_image, label_to_category_id)
 
 
 def test_write_detections_round_trips(tmp_path, val):

@@ -17,7 +17,6 @@ from detector.data.transforms import (
     collate_padded,
     flip_boxes,
     resized_size,
-    test_transforms,
     train_transforms,
 )
 
@@ -38,6 +37,5 @@ __all__ = [
     "objects365_v2_path",
     "resized_size",
     "synthetic_classes",
-    "test_transforms",
     "train_transforms",
 ]

@@ -1,4 +1,4 @@
-"""Training image samplers for long-tailed, many-class data (REFERENCE.md section 5).
+"""Training image samplers for long-tailed, many-class data.
 
 Each sampler is a per-image weight plus a way to draw an epoch from it:
 

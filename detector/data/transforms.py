@@ -2,7 +2,7 @@
 
 Targets keep the bookkeeping needed to map detections back to the original image: ``scale``
 (resized / original, one factor for both axes) and ``flipped``. Resizing scales boxes by exactly
-``scale`` and sizes the image ``resized_size(orig_size, scale)``, so ``detections_to_coco`` inverts
+``scale`` and sizes the image ``resized_size(orig_size, scale)``, so ``to_original_pixels`` inverts
 it exactly.
 """
 
@@ -140,15 +140,7 @@ def train_transforms(
     short_sides: tuple[int, int] | int, max_size: int, flip_prob: float = 0.5, seed: int | None = None
 ) -> Compose:
     """Multi-scale resize, random flip, normalize. The flip follows the resize, as
-    ``detections_to_coco`` assumes when it undoes a flip in the resized frame."""
+    ``to_original_pixels`` assumes when it undoes a flip in the resized frame."""
     return Compose(
         [ResizeShortSide(short_sides, max_size, seed), RandomHorizontalFlip(flip_prob, seed), Normalize()]
     )
-
-
-def test_transforms(short_side: int, max_size: int) -> Compose:
-    """Fixed-scale resize and normalize."""
-    return Compose([ResizeShortSide(short_side, max_size), Normalize()])
-
-
-test_transforms.__test__ = False  # type: ignore[attr-defined]  # a builder, not a pytest test
