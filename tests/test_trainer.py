@@ -1,4 +1,5 @@
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import yaml
 
 from detector.checkpoint import init_from_checkpoint
 from detector.engine import DetectorTrainingConfig, build_detector, train
-from detector.engine.checkpointing import FINAL, LATEST, load_checkpoint
+from detector.engine.checkpointing import FINAL, LATEST, load_checkpoint, periodic_name
 from detector.engine.schedule import lr_factor
 from nas_service.configs import ConfigError, load_config
 
@@ -66,22 +67,42 @@ def test_training_logs_checkpoints_and_tensorboard(uninterrupted):
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(uninterrupted, data_root, tmp_path):
+    """SIGKILL while checkpoint 4 is being written, then resume: the result of a run never stopped.
+
+    The staging file of checkpoint 4 (``save_checkpoint`` writes ``.NAME.tmp``, then renames it) is a
+    named pipe here, so the run halts by itself after checkpoint 2 is complete: writing 4 blocks once
+    the pipe is full. The test kills it when the first bytes arrive, whatever the machine's speed, and
+    leaves those bytes behind as the half-written file a kill leaves on disk.
+    """
     config, _, expected, _ = uninterrupted
     work_dir = tmp_path / "killed"
+    work_dir.mkdir()
+    staging = work_dir / f".{periodic_name(4)}.tmp"
+    os.mkfifo(staging)
+    pipe = os.open(staging, os.O_RDONLY | os.O_NONBLOCK)  # a reader exists, so the run's open() returns
     path = write_config(tmp_path / "tiny.yaml", tiny_config(data_root, iterations=8))
     process = subprocess.Popen(
         [sys.executable, "-m", "nas_service.cli", "train", "-c", str(path), "--work-dir", str(work_dir)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 120
-    while not (work_dir / LATEST).exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    try:
+        deadline = time.monotonic() + 300  # generous: the run needs a few seconds on an idle machine
+        while not select.select([pipe], [], [], 1.0)[0]:
+            assert process.poll() is None, f"the run ended before checkpoint 4:\n{process.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "the run did not reach checkpoint 4 within 300 s"
+        assert (work_dir / LATEST).read_text() == periodic_name(2) + "\n"  # checkpoint 2 is complete
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()  # no-op once killed; never leaves a run behind when an assertion fails
+        process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
-    assert not (work_dir / FINAL).exists(), "the run finished before it was killed"
+    partial = os.read(pipe, 1 << 16)
+    os.close(pipe)
+    staging.unlink()
+    staging.write_bytes(partial)
+    assert partial.startswith(b"PK") and not (work_dir / periodic_name(4)).exists()  # torch.save's zip, cut
     resumed = train(config, work_dir, resume=True, log=lambda _: None)
-    assert 2 <= resumed.start_iteration < 8 and resumed.iterations == 8
+    assert resumed.start_iteration == 2 and resumed.iterations == 8
     assert resumed.loss_curve == expected.loss_curve
     got, want = load_checkpoint(resumed.checkpoint), load_checkpoint(expected.checkpoint)
     for key, value in want["model"].items():
