@@ -24,7 +24,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from detector.data import CocoDetection, collate_padded, train_transforms
-from detector.modeling import CascadeRCNN
+from detector.modeling import build_detector
 from nas_service.configs import load_config
 from proxy_trainer import ProxyConfig
 from proxy_trainer.data import prepare_dataset
@@ -118,7 +118,7 @@ def main() -> None:
     batches = [collate_padded([dataset[i * size + j] for j in range(size)]) for i in range(args.steps + 1)]
     torch.manual_seed(0)
     detector_config = config.detector.model_copy(update={"num_classes": dataset.num_classes})
-    ours = step_seconds(CascadeRCNN(detector_config), batches, args.steps, as_list=False)
+    ours = step_seconds(build_detector(detector_config), batches, args.steps, as_list=False)
     peer = step_seconds(faster_rcnn_peer(config, dataset.num_classes), batches, args.steps, as_list=True)
     print(f"Cascade R-CNN + FPN -> NAS-FPN (ours): {ours:.3f} s/step")
     print(f"torchvision Faster R-CNN + FPN:        {peer:.3f} s/step")

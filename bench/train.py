@@ -21,10 +21,10 @@ import time
 import torch
 
 from detector.engine.config import DetectorTrainingConfig
-from detector.engine.model import build_detector
+from detector.engine.model import detector_config
+from detector.modeling import build_detector
 from detector.engine.runtime import resolve_device
 from detector.engine.step import apply_gradients, compute_losses
-from detector.inference import unsuppressed
 
 NUM_CLASSES = 365
 
@@ -47,7 +47,7 @@ def _batch(height: int, width: int, batch: int, generator: torch.Generator):
 
 def _model(kind: str) -> torch.nn.Module:
     if kind == "ours":
-        return build_detector(_config(), NUM_CLASSES)
+        return build_detector(detector_config(_config(), NUM_CLASSES))
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
     return fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1)
@@ -102,15 +102,15 @@ def measure_eval(height: int, width: int, tta_sides: list[int], tta_max: int, im
     for _ in range(images):
         model(torch.randn(1, 3, height, width, generator=generator).to(device), [(height, width)])
     single = (time.perf_counter() - start) / images
+    keep_all = model.roi_heads.suppression.keeping_all(1000)  # as detect_tta runs each view
     start = time.perf_counter()
-    with unsuppressed(model, 1000):
-        for _ in range(images):
-            for side in tta_sides:
-                scale = min(side / min(height, width), tta_max / max(height, width))
-                h, w = round(height * scale), round(width * scale)
-                image = torch.randn(1, 3, h, w, generator=generator).to(device)
-                for view in (image, image.flip(-1)):
-                    model(view, [(h, w)])
+    for _ in range(images):
+        for side in tta_sides:
+            scale = min(side / min(height, width), tta_max / max(height, width))
+            h, w = round(height * scale), round(width * scale)
+            image = torch.randn(1, 3, h, w, generator=generator).to(device)
+            for view in (image, image.flip(-1)):
+                model(view, [(h, w)], suppression=keep_all)
     tta = (time.perf_counter() - start) / images
     return {"single_seconds": single, "tta_seconds": tta, "views": 2 * len(tta_sides), "peak_mb": _peak_mb(device)}
 

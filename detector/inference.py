@@ -12,15 +12,13 @@ Every path ends in the same form, per image id ``{"boxes" (xyxy, original pixels
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from ensemble_boxes import non_maximum_weighted, weighted_boxes_fusion
 from torch import Tensor
 
-from detector.config import PostProcessConfig
 from detector.data.coco import CocoDetection
 from detector.data.transforms import (
     Compose,
@@ -32,7 +30,7 @@ from detector.data.transforms import (
 )
 from detector.evaluation import to_original_pixels
 from detector.modeling import CascadeRCNN
-from detector.ops import class_nms
+from detector.ops import Suppression, class_nms
 from nas_errors import UserError
 
 Detections = dict[str, Tensor]
@@ -72,8 +70,10 @@ def detect(
     device: torch.device,
     amp: bool = True,
     num_workers: int = 0,
+    suppression: Suppression | None = None,
 ) -> dict[int, Detections]:
-    """The model's detections of ``dataset[indices]`` under one view, by image id, in original pixels."""
+    """The model's detections of ``dataset[indices]`` under one view, by image id, in original pixels
+    (``suppression`` replaces the model's own NMS, see ``CascadeRCNN.forward``)."""
     loader = torch.utils.data.DataLoader(
         TransformedView(dataset, transform, indices),
         batch_size=batch_size,
@@ -84,7 +84,7 @@ def detect(
     results: dict[int, Detections] = {}
     for images, image_sizes, targets in loader:
         with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            predictions = model(images.to(device), image_sizes)
+            predictions = model(images.to(device), image_sizes, suppression=suppression)
         for prediction, target in zip(predictions, targets):
             results[int(target["image_id"])] = {
                 "boxes": to_original_pixels(prediction["boxes"].float(), target),
@@ -92,21 +92,6 @@ def detect(
                 "labels": prediction["labels"].detach().cpu(),
             }
     return results
-
-
-@contextlib.contextmanager
-def unsuppressed(model: CascadeRCNN, max_detections: int) -> Iterator[None]:
-    """Within the block the model keeps every box above its score threshold (hard NMS at IoU 1.0
-    removes nothing), up to ``max_detections`` per image, for merging views before suppression."""
-    heads = model.roi_heads
-    original = heads.postprocess
-    heads.postprocess = original.model_copy(
-        update={"nms": "hard", "iou_threshold": 1.0, "detections_per_image": max_detections}
-    )
-    try:
-        yield
-    finally:
-        heads.postprocess = original
 
 
 def detect_tta(
@@ -124,27 +109,20 @@ def detect_tta(
 ) -> dict[int, Detections]:
     """Detections merged over every short side, each with and (if ``flip``) without mirroring."""
     views = [(side, mirrored) for side in short_sides for mirrored in ((False, True) if flip else (False,))]
+    final = model.roi_heads.suppression
+    keep_all = final.keeping_all(detections_per_view)
     per_view = []
-    with unsuppressed(model, detections_per_view):
-        for side, mirrored in views:
-            transform = view_transform(side, max_size, mirrored)
-            per_view.append(detect(model, dataset, indices, transform, batch_size, device, amp, num_workers))
-    postprocess = model.roi_heads.postprocess
-    return {image_id: suppress(_concat([view[image_id] for view in per_view]), postprocess) for image_id in per_view[0]}
+    for side, mirrored in views:
+        transform = view_transform(side, max_size, mirrored)
+        per_view.append(
+            detect(model, dataset, indices, transform, batch_size, device, amp, num_workers, suppression=keep_all)
+        )
+    return {image_id: suppress(_concat([view[image_id] for view in per_view]), final) for image_id in per_view[0]}
 
 
-def suppress(detections: Detections, postprocess: PostProcessConfig) -> Detections:
+def suppress(detections: Detections, suppression: Suppression) -> Detections:
     """The detector's final per-class NMS / Soft-NMS and top-k, applied to merged detections."""
-    keep, scores = class_nms(
-        detections["boxes"],
-        detections["scores"],
-        detections["labels"],
-        method=postprocess.nms,
-        iou_threshold=postprocess.iou_threshold,
-        sigma=postprocess.sigma,
-        score_threshold=postprocess.soft_score_threshold,
-        max_detections=postprocess.detections_per_image,
-    )
+    keep, scores = suppression(detections["boxes"], detections["scores"], detections["labels"])
     return {"boxes": detections["boxes"][keep], "scores": scores, "labels": detections["labels"][keep]}
 
 

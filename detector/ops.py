@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou
@@ -152,6 +154,37 @@ def class_nms(
         score_threshold=score_threshold,
         max_detections=max_detections,
     )
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """The last step of testing: per-class hard NMS or Soft-NMS, then the top ``detections_per_image``."""
+
+    method: str = "hard"
+    """``hard``, or a Soft-NMS method (``linear``, ``gaussian``)."""
+    iou_threshold: float = 0.5
+    sigma: float = 0.5
+    score_threshold: float = 1e-3
+    """Soft-NMS only: boxes whose decayed score falls below this are dropped."""
+    detections_per_image: int = 100
+
+    def keeping_all(self, max_detections: int) -> "Suppression":
+        """Hard NMS at IoU 1.0 removes nothing: every box, up to ``max_detections``, so that test-time
+        views can be merged before the real suppression."""
+        return replace(self, method="hard", iou_threshold=1.0, detections_per_image=max_detections)
+
+    def __call__(self, boxes: Tensor, scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(keep, kept_scores)`` as :func:`class_nms` returns them."""
+        return class_nms(
+            boxes,
+            scores,
+            labels,
+            method=self.method,
+            iou_threshold=self.iou_threshold,
+            sigma=self.sigma,
+            score_threshold=self.score_threshold,
+            max_detections=self.detections_per_image,
+        )
 
 
 def standardize_weight(weight: Tensor, eps: float = 1e-5) -> Tensor:

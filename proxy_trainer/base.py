@@ -31,7 +31,7 @@ from torch import Tensor
 
 from detector.config import DetectorConfig
 from detector.engine.runtime import resolve_device, seed_everything
-from detector.modeling import CascadeRCNN
+from detector.modeling import CascadeRCNN, build_detector
 from nas_errors import TrainingError, UserError
 from proxy_trainer.config import ProxyConfig
 from proxy_trainer.data import DatasetPaths, prepare_dataset
@@ -157,7 +157,7 @@ def build_base(config: ProxyConfig, paths: DatasetPaths, output: Path) -> ProxyB
     architecture = resolve_architecture(base.architecture, config.detector.neck.levels)
     dataset = training_set(paths, train)
     seed_everything(base.seed)
-    model = CascadeRCNN(detector_config(config.detector, architecture, dataset.num_classes)).to(device)
+    model = build_detector(detector_config(config.detector, architecture, dataset.num_classes)).to(device)
     log.info(f"proxy base: training with cell {base.architecture} for {base.iterations} iterations -> {output}")
     start = time.perf_counter()
     loss_curve: list[float] = []

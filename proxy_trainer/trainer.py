@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from detector.engine.runtime import resolve_device, seed_everything
-from detector.modeling import CascadeRCNN
+from detector.modeling import CascadeRCNN, build_detector
 from proxy_trainer.base import CELL_PREFIX, ProxyBase, detector_config, load_parts, prepare_base
 from proxy_trainer.config import ProxyConfig
 from proxy_trainer.data import prepare_dataset
@@ -118,9 +118,9 @@ def _episode_model(
         backbone = {"weights": None} | ({"frozen_stages": 5} if "backbone" in frozen_parts else {})
         detector = detector.model_copy(update={"backbone": detector.backbone.model_copy(update=backbone)})
     seed_everything(seed)
-    shared = CascadeRCNN(detector_config(detector, fpn(detector.neck.levels), num_classes)).state_dict()
+    shared = build_detector(detector_config(detector, fpn(detector.neck.levels), num_classes)).state_dict()
     seed_everything(seed)
-    model = CascadeRCNN(detector_config(detector, architecture, num_classes))
+    model = build_detector(detector_config(detector, architecture, num_classes))
     model.load_state_dict({k: v for k, v in shared.items() if not k.startswith(CELL_PREFIX)}, strict=False)
     if base is not None:
         load_parts(model, base, loaded)

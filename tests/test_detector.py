@@ -5,8 +5,8 @@ import torch
 from torchvision.models import resnet18
 
 from detector.config import BackboneConfig, CascadeConfig, DetectorConfig, NeckConfig, PostProcessConfig, RPNConfig
-from detector.modeling import CascadeRCNN
-from detector.modeling.cascade import CascadeRoIHeads
+from detector.modeling import build_detector
+from detector.modeling.build import build_roi_heads
 from detector.ops import WSConv2d
 
 
@@ -43,7 +43,7 @@ def _batch(sizes):
 @pytest.mark.parametrize("resolution", [7, 14])
 def test_training_step_gives_finite_losses_and_gradients(resolution):
     torch.manual_seed(0)
-    model = CascadeRCNN(tiny_config(cascade=CascadeConfig(batch_size_per_image=32, fc_dim=32, conv_channels=16, box_head_resolution=resolution)))
+    model = build_detector(tiny_config(cascade=CascadeConfig(batch_size_per_image=32, fc_dim=32, conv_channels=16, box_head_resolution=resolution)))
     model.train()
     images, sizes, targets = _batch([(100, 150), (90, 131)])  # not divisible by 128
     losses = model(images, sizes, targets)
@@ -56,8 +56,8 @@ def test_training_step_gives_finite_losses_and_gradients(resolution):
 
 
 def test_large_resolution_head_uses_the_14x14_feature():
-    head7 = CascadeRCNN(tiny_config()).roi_heads
-    head14 = CascadeRCNN(
+    head7 = build_detector(tiny_config()).roi_heads
+    head14 = build_detector(
         tiny_config(cascade=CascadeConfig(batch_size_per_image=32, fc_dim=32, conv_channels=16, box_head_resolution=14))
     ).roi_heads
     assert head7.roi_align.output_size == (7, 7) and head14.roi_align.output_size == (14, 14)
@@ -79,7 +79,7 @@ def test_inference_modes_return_detections(test_mode, nms):
         cascade=CascadeConfig(batch_size_per_image=32, fc_dim=32, conv_channels=16, test_mode=test_mode),
         postprocess=PostProcessConfig(nms=nms, score_threshold=0.0, detections_per_image=20),
     )
-    model = CascadeRCNN(config).eval()
+    model = build_detector(config).eval()
     images, sizes, _ = _batch([(100, 150), (90, 131)])
     out = model(images, sizes)
     assert len(out) == 2
@@ -167,7 +167,7 @@ def oracle_heads(test_mode, nms):
     config = CascadeConfig(fc_dim=1, head_convs=0, test_mode=test_mode)
     assert config.box_stds == PAPER_STDS and config.adaptive_weights == SEED_WEIGHTS  # the defaults
     postprocess = PostProcessConfig(nms=nms, iou_threshold=0.5, sigma=0.5, score_threshold=0.05)
-    heads = CascadeRoIHeads(config, postprocess, num_classes=1, in_channels=1, roi_levels=(3,), norm="none")
+    heads = build_roi_heads(config, postprocess, num_classes=1, in_channels=1, roi_levels=(3,), norm="none")
     with torch.no_grad():
         for stage, (logit, deltas) in zip(heads.stages, zip(ORACLE_LOGITS, ORACLE_DELTAS)):
             _, fc1, _, fc2, _ = stage.head.fcs  # flatten, 49 -> 1, relu, 1 -> 1, relu
@@ -198,7 +198,7 @@ def test_weight_standardization_and_group_norm():
         neck=NeckConfig(fpn_channels=32, width=32, repeats=1, norm="gn"),
         cascade=CascadeConfig(batch_size_per_image=32, fc_dim=32, conv_channels=32, box_head_resolution=14),
     )
-    model = CascadeRCNN(config)
+    model = build_detector(config)
     assert isinstance(model.backbone.body.conv1, WSConv2d)
     assert isinstance(model.neck.cells[0].post_ops[0][1], WSConv2d)
     assert isinstance(model.roi_heads.stages[0].head.convs[0], WSConv2d)
@@ -212,11 +212,11 @@ def test_backbone_loads_local_weights(tmp_path):
     reference = resnet18()
     path = tmp_path / "r18.pth"
     torch.save(reference.state_dict(), path)
-    model = CascadeRCNN(tiny_config(backbone=BackboneConfig(depth=18, norm="frozen_bn", weights=path)))
+    model = build_detector(tiny_config(backbone=BackboneConfig(depth=18, norm="frozen_bn", weights=path)))
     torch.testing.assert_close(model.backbone.body.layer2[0].conv1.weight, reference.layer2[0].conv1.weight)
     assert not model.backbone.body.conv1.weight.requires_grad  # stem frozen
     with pytest.raises(ValueError, match="not a ResNet-34 checkpoint"):
-        CascadeRCNN(tiny_config(backbone=BackboneConfig(depth=34, weights=path)))
+        build_detector(tiny_config(backbone=BackboneConfig(depth=34, weights=path)))
 
 
 def test_config_errors_name_the_field():
@@ -227,4 +227,4 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="adaptive_weights: needs one entry per stage"):
         CascadeConfig(adaptive_weights=(0.5, 0.5))
     with pytest.raises(ValueError, match="num_classes"):
-        CascadeRCNN(tiny_config(num_classes=None))
+        build_detector(tiny_config(num_classes=None))

@@ -9,13 +9,14 @@ import yaml
 from typer.testing import CliRunner
 
 from detector.engine.config import DetectorTrainingConfig
-from detector.engine.model import build_detector
+from detector.engine.model import detector_config
+from detector.modeling import build_detector
+from detector.modeling.nasfpn import NASFPNCell
 from nas_service.cli import app
 from nas_service.configs import load_config
 from nas_service.export import commented_yaml
 from nas_service.store import EpisodeStore
 from search_spaces import Architecture
-from detector.modeling.nasfpn import NASFPNCell
 from tests.seeding import search_config, seed_search
 
 runner = CliRunner()
@@ -51,7 +52,7 @@ def test_the_exported_config_loads_and_builds_the_detector(searched, tmp_path):
     assert config.detector.cascade.box_head_resolution == 14 and config.train.short_sides == (400, 1400)
     assert config.dataset.synthetic is not None  # the data the search used, until the user points it elsewhere
 
-    model = build_detector(config)
+    model = build_detector(detector_config(config))
     cells = [module for module in model.modules() if isinstance(module, NASFPNCell)]
     assert len(cells) == 7 and all(cell.architecture == Architecture.from_dict(best.architecture) for cell in cells)
     assert sum(parameter.numel() for parameter in model.parameters()) > 50_000_000  # R-50 + 7 x 256 cells

@@ -10,14 +10,13 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from detector.config import PostProcessConfig
 from detector.data.coco import CocoDetection
 from detector.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from detector.engine import DetectorTrainingConfig, train
 from detector.engine.evaluate import evaluate, load_for_testing
 from detector.evaluation import METRICS
 from detector.inference import detect, detect_tta, fuse, view_transform
-from detector.ops import class_nms
+from detector.ops import Suppression
 from nas_service.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,13 +75,14 @@ SHIFT = 4.0  # view pixels; mapped back it becomes SHIFT / scale, mirrored in a 
 
 class RectangleFinder(torch.nn.Module):
     """Finds the bright rectangle of each view (mean intensity above 0.5 after ImageNet
-    normalisation); ``roi_heads.postprocess`` is honoured, as ``unsuppressed`` expects of a model."""
+    normalisation); like ``CascadeRCNN`` it suppresses with ``roi_heads.suppression`` unless the call
+    passes another ``suppression``."""
 
-    def __init__(self, postprocess: PostProcessConfig) -> None:
+    def __init__(self, suppression: Suppression) -> None:
         super().__init__()
-        self.roi_heads = SimpleNamespace(postprocess=postprocess)
+        self.roi_heads = SimpleNamespace(suppression=suppression)
 
-    def forward(self, images, image_sizes):
+    def forward(self, images, image_sizes, suppression=None):
         threshold = (0.5 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
         found = []
         for image, (height, width) in zip(images, image_sizes):
@@ -93,11 +93,7 @@ class RectangleFinder(torch.nn.Module):
             boxes = torch.stack([box, box + torch.tensor([SHIFT, 0.0, SHIFT, 0.0])])
             scores = torch.stack([score, score / 2 + height / 400])  # the shifted box: + 0.05 at 0.5x, + 0.2 at 2x
             labels = torch.ones(2, dtype=torch.int64)
-            post = self.roi_heads.postprocess
-            keep, kept = class_nms(
-                boxes, scores, labels, post.nms, post.iou_threshold, post.sigma, post.soft_score_threshold,
-                post.detections_per_image,
-            )
+            keep, kept = (suppression or self.roi_heads.suppression)(boxes, scores, labels)
             found.append({"boxes": boxes[keep], "scores": kept, "labels": labels[keep]})
         return found
 
@@ -130,7 +126,7 @@ def shifted(offset: float) -> list[float]:
 def test_a_view_maps_a_known_box_back_to_the_image(rectangle, flip):
     """At 0.5x the rectangle is found at x 5..15 (flipped: 15..25 of a 30-wide view) and the second box
     4 view pixels to its right; back in the image they are OBJECT and OBJECT moved by +8 (flipped: -8)."""
-    model = RectangleFinder(PostProcessConfig(nms="hard", iou_threshold=0.5))
+    model = RectangleFinder(Suppression(method="hard", iou_threshold=0.5))
     found = detect(model, rectangle, [0], view_transform(20, 200, flip=flip), 1, torch.device("cpu"))[1]
     offset = -2 * SHIFT if flip else 2 * SHIFT
     # In the view the two boxes overlap with IoU 6/14 = 0.43 < 0.5: hard NMS keeps both.
@@ -154,7 +150,7 @@ def test_tta_merges_the_views_before_suppressing_them_once(rectangle):
     A view left suppressed by itself (hard NMS at 0.5) would lose the 2x views' shifted boxes (IoU 9/11
     with OBJECT in the view), and a wrong un-flip would move the -8 and -2 boxes.
     """
-    model = RectangleFinder(PostProcessConfig(nms="linear", iou_threshold=0.5, soft_score_threshold=1e-3))
+    model = RectangleFinder(Suppression(method="linear", iou_threshold=0.5, score_threshold=1e-3))
     merged = detect_tta(model, rectangle, [0], [20, 80], 200, True, 100, 1, torch.device("cpu"))[1]
     expected = [
         (list(OBJECT), 0.75),
@@ -166,7 +162,6 @@ def test_tta_merges_the_views_before_suppressing_them_once(rectangle):
     assert merged["labels"].tolist() == [1] * 5
     torch.testing.assert_close(merged["boxes"], torch.tensor([box for box, _ in expected], dtype=torch.float64))
     torch.testing.assert_close(merged["scores"], torch.tensor([score for _, score in expected], dtype=torch.float64))
-    assert model.roi_heads.postprocess.nms == "linear"  # the model's own post-processing is restored
 
 
 @pytest.mark.parametrize(

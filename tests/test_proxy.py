@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from detector.config import BackboneConfig, DetectorConfig
+from detector.config import DetectorConfig
 from detector.modeling.backbone import ResNetBackbone
 from nas_service.configs import load_config
 from proxy_trainer import ProxyConfig, train_proxy
@@ -125,7 +125,7 @@ def test_dataset_config_rejects_training_on_the_reward_split(tmp_path):
 
 
 def test_frozen_backbone_stages_keep_their_bn_statistics():
-    backbone = ResNetBackbone(BackboneConfig(depth=18, norm="bn", frozen_stages=2))
+    backbone = ResNetBackbone(depth=18, norm="bn", frozen_stages=2)
     body = backbone.body
     frozen_bns, trained_bn = (body.bn1, body.layer1[0].bn1), body.layer2[0].bn1
     before = [bn.running_mean.clone() for bn in (*frozen_bns, trained_bn)]

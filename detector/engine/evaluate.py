@@ -16,7 +16,7 @@ from detector.engine.config import DetectorTrainingConfig, FullDetectorConfig
 from detector.engine.runtime import resolve_device
 from detector.evaluation import coco_results_by_image, evaluate_detections
 from detector.inference import Detections, detect, detect_tta, fuse, view_transform
-from detector.modeling import CascadeRCNN
+from detector.modeling import CascadeRCNN, build_detector
 from nas_errors import UserError
 
 Log = Callable[[str], None]
@@ -89,7 +89,7 @@ def load_for_testing(config: DetectorTrainingConfig, path: Path, class_names: li
             "postprocess": wanted.postprocess,
         }
     )
-    model = CascadeRCNN(detector)
+    model = build_detector(detector)
     missing, unexpected = model.load_state_dict(model_state(state), strict=False)
     if missing or unexpected:
         raise UserError(
@@ -109,11 +109,22 @@ def _detect(
     test, workers = config.test, config.dataset.num_workers
     if tta:
         return detect_tta(
-            model, dataset, indices, test.tta.short_sides, test.tta.max_size, test.tta.flip,
-            test.tta.detections_per_view, test.batch_size, device, config.train.amp, workers,
+            model,
+            dataset,
+            indices,
+            short_sides=test.tta.short_sides,
+            max_size=test.tta.max_size,
+            flip=test.tta.flip,
+            detections_per_view=test.tta.detections_per_view,
+            batch_size=test.batch_size,
+            device=device,
+            amp=config.train.amp,
+            num_workers=workers,
         )
     transform = view_transform(test.short_side, test.max_size)
-    return detect(model, dataset, indices, transform, test.batch_size, device, config.train.amp, workers)
+    return detect(
+        model, dataset, indices, transform, test.batch_size, device, amp=config.train.amp, num_workers=workers
+    )
 
 
 def _fuse(
@@ -128,11 +139,11 @@ def _fuse(
     return fuse(
         per_model,
         sizes,
-        ensemble.method,
-        ensemble.iou_threshold,
-        ensemble.skip_score_threshold,
-        ensemble.weights,
-        ensemble.detections_per_image,
-        ensemble.soft_nms_method,
-        ensemble.sigma,
+        method=ensemble.method,
+        iou_threshold=ensemble.iou_threshold,
+        skip_score_threshold=ensemble.skip_score_threshold,
+        weights=ensemble.weights,
+        detections_per_image=ensemble.detections_per_image,
+        soft_nms_method=ensemble.soft_nms_method,
+        sigma=ensemble.sigma,
     )

@@ -1,4 +1,4 @@
-"""Build the Cascade R-CNN a ``DetectorTrainingConfig`` describes."""
+"""The detector config of a ``DetectorTrainingConfig``, with the class count its dataset gives."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 from detector.config import DetectorConfig
 from detector.data.coco import DatasetError
 from detector.engine.config import DetectorTrainingConfig
-from detector.modeling import CascadeRCNN
 
 
 def dataset_num_classes(config: DetectorTrainingConfig) -> int:
@@ -31,8 +30,3 @@ def detector_config(config: DetectorTrainingConfig, num_classes: int | None = No
     if num_classes is None:
         num_classes = config.detector.num_classes or dataset_num_classes(config)
     return config.detector.model_copy(update={"num_classes": num_classes})
-
-
-def build_detector(config: DetectorTrainingConfig, num_classes: int | None = None) -> CascadeRCNN:
-    """The untrained detector of ``config`` (weights only from ``backbone.weights`` if set)."""
-    return CascadeRCNN(detector_config(config, num_classes))

@@ -29,10 +29,11 @@ from detector.engine.checkpointing import (
 )
 from detector.engine.config import DetectorTrainingConfig
 from detector.engine.data import build_train_loader
-from detector.engine.model import build_detector
+from detector.engine.model import detector_config
 from detector.engine.runtime import capture_rng_state, resolve_device, restore_rng_state, seed_everything
 from detector.engine.schedule import lr_factor
 from detector.engine.step import apply_gradients, compute_losses, loss_summary
+from detector.modeling import build_detector
 from nas_errors import TrainingError, UserError
 
 Log = Callable[[str], None]
@@ -90,7 +91,7 @@ class _Run:
         seed_everything(train.seed)
         dataset = config.dataset.load("train")
         self.dataset = dataset
-        model = build_detector(config, dataset.num_classes).to(self.device)
+        model = build_detector(detector_config(config, dataset.num_classes)).to(self.device)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
             params, lr=train.learning_rate, momentum=train.momentum, weight_decay=train.weight_decay

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -12,8 +12,9 @@ from torchvision.models import resnet
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from detector.config import BackboneConfig
 from detector.ops import convert_to_ws
+
+BackboneNorm = Literal["frozen_bn", "bn", "gn"]
 
 _RESNETS: dict[int, Callable[..., resnet.ResNet]] = {
     18: resnet.resnet18,
@@ -26,7 +27,7 @@ _FROZEN_ORDER = ("conv1", "bn1", *_STAGES)
 """Frozen first by ``frozen_stages``: 1 is the stem (conv1 + bn1), each further one adds a stage."""
 
 
-def _norm_layer(kind: str) -> Callable[[int], nn.Module]:
+def _norm_layer(kind: BackboneNorm) -> Callable[[int], nn.Module]:
     if kind == "frozen_bn":
         return FrozenBatchNorm2d
     if kind == "bn":
@@ -37,19 +38,26 @@ def _norm_layer(kind: str) -> Callable[[int], nn.Module]:
 class ResNetBackbone(nn.Module):
     """Returns ``{2: C2, 3: C3, 4: C4, 5: C5}`` (strides 4 to 32)."""
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(
+        self,
+        depth: int = 50,
+        norm: BackboneNorm = "frozen_bn",
+        frozen_stages: int = 1,
+        weights: Path | None = None,
+        weight_standardization: bool = False,
+    ) -> None:
         super().__init__()
-        net = _RESNETS[config.depth](weights=None, norm_layer=_norm_layer(config.norm))
-        if config.weights is not None:
-            load_backbone_weights(net, config.weights, config.depth)
-        if config.weight_standardization:
+        net = _RESNETS[depth](weights=None, norm_layer=_norm_layer(norm))
+        if weights is not None:
+            load_backbone_weights(net, weights, depth)
+        if weight_standardization:
             convert_to_ws(net)
         # Frozen children get no gradient and stay in eval mode, so their BN statistics never change.
-        self.frozen = _FROZEN_ORDER[: config.frozen_stages + 1] if config.frozen_stages else ()
+        self.frozen = _FROZEN_ORDER[: frozen_stages + 1] if frozen_stages else ()
         for name in self.frozen:
             getattr(net, name).requires_grad_(False)
         self.body = IntermediateLayerGetter(net, {name: str(level) for level, name in enumerate(_STAGES, 2)})
-        width = 64 if config.depth < 50 else 256
+        width = 64 if depth < 50 else 256
         self.out_channels = {level: width * 2 ** (level - 2) for level in range(2, 6)}
 
     def train(self, mode: bool = True) -> "ResNetBackbone":

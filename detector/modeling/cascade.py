@@ -13,15 +13,16 @@ Testing:
 
 from __future__ import annotations
 
+from typing import Literal, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import MultiScaleRoIAlign, box_iou, clip_boxes_to_image, remove_small_boxes
 
-from detector.config import CascadeConfig, PostProcessConfig
 from detector.modeling.box_head import BoxPredictor, ConvFCBoxHead
-from detector.ops import class_nms
+from detector.ops import Suppression
 
 ImageSizes = list[tuple[int, int]]
 
@@ -41,36 +42,31 @@ class CascadeStage(nn.Module):
 
 
 class CascadeRoIHeads(nn.Module):
+    """The cascade's stages on RoIs pooled by ``roi_align``; losses in training, detections in eval."""
+
     def __init__(
         self,
-        config: CascadeConfig,
-        postprocess: PostProcessConfig,
-        num_classes: int,
-        in_channels: int,
-        roi_levels: tuple[int, ...],
-        norm: str,
+        stages: Sequence[CascadeStage],
+        roi_align: MultiScaleRoIAlign,
+        *,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        loss_weights: Sequence[float] = (1.0, 0.5, 0.25),
+        test_mode: Literal["standard", "adaptive"] = "adaptive",
+        adaptive_weights: Sequence[float] = (0.2, 0.3, 0.5),
+        score_threshold: float = 0.05,
+        suppression: Suppression = Suppression(),
     ) -> None:
         super().__init__()
-        self.config = config
-        self.postprocess = postprocess
-        self.num_classes = num_classes
-        resolution = config.box_head_resolution
-        num_convs = config.head_convs if config.head_convs is not None else (0 if resolution == 7 else 4)
-        self.roi_align = MultiScaleRoIAlign(
-            [str(level) for level in roi_levels], resolution, sampling_ratio=config.roi_sampling_ratio
-        )
-        self.stages = nn.ModuleList(
-            CascadeStage(
-                ConvFCBoxHead(in_channels, resolution, num_convs, config.conv_channels, config.fc_dim, norm),
-                num_classes,
-                iou,
-                std,
-            )
-            for iou, std in zip(config.iou_thresholds, config.box_stds)
-        )
-        self.sampler = det_utils.BalancedPositiveNegativeSampler(
-            config.batch_size_per_image, config.positive_fraction
-        )
+        self.stages = nn.ModuleList(stages)
+        self.roi_align = roi_align
+        self.num_classes = self.stages[0].predictor.cls_score.out_features - 1
+        self.sampler = det_utils.BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.loss_weights = tuple(loss_weights)
+        self.test_mode = test_mode
+        self.adaptive_weights = tuple(adaptive_weights)
+        self.score_threshold = score_threshold
+        self.suppression = suppression
 
     def forward(
         self,
@@ -78,12 +74,14 @@ class CascadeRoIHeads(nn.Module):
         proposals: list[torch.Tensor],
         image_sizes: ImageSizes,
         targets: list[dict[str, torch.Tensor]] | None = None,
+        suppression: Suppression | None = None,
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
+        """``suppression`` replaces the heads' own for this call (test-time views merged later)."""
         if self.training:
             if targets is None:
                 raise ValueError("targets: required in training mode")
             return self._losses(features, proposals, image_sizes, targets)
-        return self._detect(features, proposals, image_sizes)
+        return self._detect(features, proposals, image_sizes, suppression or self.suppression)
 
     def _run(
         self, stage: CascadeStage, features: dict[str, torch.Tensor], rois: list[torch.Tensor], image_sizes: ImageSizes
@@ -101,7 +99,7 @@ class CascadeRoIHeads(nn.Module):
     ) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
         rois = proposals
-        for index, (stage, weight) in enumerate(zip(self.stages, self.config.loss_weights)):
+        for index, (stage, weight) in enumerate(zip(self.stages, self.loss_weights)):
             sampled, labels, regression_targets, from_gt = self._sample(stage, rois, targets)
             logits, deltas = self._run(stage, features, sampled, image_sizes)
             labels_cat = torch.cat(labels)
@@ -168,7 +166,11 @@ class CascadeRoIHeads(nn.Module):
 
     @torch.no_grad()
     def _detect(
-        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_sizes: ImageSizes
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_sizes: ImageSizes,
+        suppression: Suppression,
     ) -> list[dict[str, torch.Tensor]]:
         rois = proposals
         stage_inputs, stage_outputs, stage_probs = [], [], []
@@ -178,41 +180,33 @@ class CascadeRoIHeads(nn.Module):
             stage_probs.append(logits.softmax(-1))
             rois = self._refine(stage, deltas, rois, image_sizes)
             stage_outputs.append(torch.cat(rois))
-        if self.config.test_mode == "standard":
+        if self.test_mode == "standard":
             final_rois = stage_inputs[-1]
             probs = [self._run(stage, features, final_rois, image_sizes)[0].softmax(-1) for stage in self.stages[:-1]]
             scores = torch.stack(probs + [stage_probs[-1]]).mean(0)
             boxes = stage_outputs[-1]
         else:
-            weights = self.config.adaptive_weights
+            weights = self.adaptive_weights
             scores = sum(w * p for w, p in zip(weights, stage_probs))
             boxes = sum(w * b for w, b in zip(weights, stage_outputs))
         counts = [len(r) for r in proposals]
         return [
-            self._postprocess(image_boxes, image_scores)
+            self._postprocess(image_boxes, image_scores, suppression)
             for image_boxes, image_scores in zip(boxes.split(counts), scores.split(counts))
         ]
 
-    def _postprocess(self, boxes: torch.Tensor, scores: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _postprocess(
+        self, boxes: torch.Tensor, scores: torch.Tensor, suppression: Suppression
+    ) -> dict[str, torch.Tensor]:
         """Per-class score threshold, then hard NMS or Soft-NMS, then the top detections."""
-        post = self.postprocess
         num_rois = len(boxes)
         class_scores = scores[:, 1:]
         labels = torch.arange(1, self.num_classes + 1, device=boxes.device).expand(num_rois, -1)
         boxes = boxes[:, None, :].expand(num_rois, self.num_classes, 4).reshape(-1, 4)
         class_scores, labels = class_scores.reshape(-1), labels.reshape(-1)
-        keep = torch.where(class_scores > post.score_threshold)[0]
+        keep = torch.where(class_scores > self.score_threshold)[0]
         boxes, class_scores, labels = boxes[keep], class_scores[keep], labels[keep]
         keep = remove_small_boxes(boxes, min_size=1e-2)
         boxes, class_scores, labels = boxes[keep], class_scores[keep], labels[keep]
-        keep, kept_scores = class_nms(
-            boxes,
-            class_scores,
-            labels,
-            method=post.nms,
-            iou_threshold=post.iou_threshold,
-            sigma=post.sigma,
-            score_threshold=post.soft_score_threshold,
-            max_detections=post.detections_per_image,
-        )
+        keep, kept_scores = suppression(boxes, class_scores, labels)
         return {"boxes": boxes[keep], "scores": kept_scores, "labels": labels[keep]}
