@@ -23,30 +23,6 @@ logger = logging.getLogger(__name__)
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def detections_to_coco(
-    predictions: Sequence[Mapping[str, Tensor]],
-    targets: Sequence[Mapping[str, Any]],
-    label_to_category_id: Mapping[int, int],
-) -> list[dict[str, Any]]:
-    """COCO result dicts with ``bbox`` [x, y, w, h] in original image pixels.
-
-    ``predictions`` hold xyxy ``boxes`` in the network's input pixels (mapped back by
-    ``to_original_pixels``), ``scores`` and ``labels`` 1..K.
-    """
-    if len(predictions) != len(targets):
-        raise ValueError(f"predictions: {len(predictions)} entries but targets has {len(targets)}")
-    results = []
-    for index, (prediction, target) in enumerate(zip(predictions, targets)):
-        boxes = to_original_pixels(prediction["boxes"], target)
-        try:
-            results += coco_results(
-                target["image_id"], boxes, prediction["scores"], prediction["labels"], label_to_category_id
-            )
-        except ValueError as error:
-            raise ValueError(f"predictions[{index}].{error}") from None
-    return results
-
-
 def to_original_pixels(boxes: Tensor, target: Mapping[str, Any]) -> Tensor:
     """xyxy boxes (float64, CPU) in the original image's pixels, from the network input's pixels.
 

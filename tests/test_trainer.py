@@ -11,8 +11,7 @@ import torch
 import yaml
 
 from detector.checkpoint import init_from_checkpoint
-from detector.engine import DetectorTrainingConfig, detector_config, train
-from detector.modeling import build_detector
+from detector.engine import DetectorTrainingConfig, build_detector, train
 from detector.engine.checkpointing import FINAL, LATEST, load_checkpoint, periodic_name
 from detector.engine.schedule import lr_factor
 from nas_service.configs import ConfigError, load_config
@@ -51,7 +50,7 @@ def uninterrupted(data_root, tmp_path_factory):
 
 def test_training_logs_checkpoints_and_tensorboard(uninterrupted):
     config, work_dir, result, lines = uninterrupted
-    assert result.iterations == 8 and result.start_iteration == 0 and len(result.loss_curve) == 8
+    assert result.iterations == 8 and result.start_iteration == 0 and len(result.loss_curve) == 8  # the fixture's 8
     assert all(torch.isfinite(torch.tensor(result.loss_curve)))
     assert result.checkpoint == work_dir / FINAL and (work_dir / LATEST).read_text().strip() == FINAL
     # keep_checkpoints (3) periodic ones stay next to the final one.
@@ -60,6 +59,7 @@ def test_training_logs_checkpoints_and_tensorboard(uninterrupted):
     ]
     progress = [line for line in lines if line.startswith("iter ")]
     assert len(progress) == 8 and progress[-1].startswith("iter 8/8  loss ")
+    # tiny.yaml: lr 0.02, a step schedule (gamma 0.1 by default) at iteration 4 -> 0.002 at the end.
     assert "img/s  eta 00:00:00" in progress[-1] and " lr 0.002" in progress[-1]
     assert list((work_dir / "tensorboard").glob("events.out.tfevents.*"))
     state = load_checkpoint(result.checkpoint)
@@ -124,7 +124,7 @@ def test_init_from_a_checkpoint_with_other_classes(uninterrupted, data_root):
     config, _, result, _ = uninterrupted
     source = load_checkpoint(result.checkpoint)["model"]
     names = ["Blue_Triangle", "unicorn", "red_ellipse", "teal ring"]
-    model = build_detector(detector_config(config, num_classes=len(names)))
+    model = build_detector(config, num_classes=len(names))
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     report = init_from_checkpoint(model, result.checkpoint, names, class_map={"teal ring": "green_rectangle"})
     state = model.state_dict()
@@ -144,10 +144,10 @@ def test_init_from_a_checkpoint_with_other_classes(uninterrupted, data_root):
     assert report.missing == report.unexpected == report.shape_mismatch == []
     assert "classes matched by name: 3 of 4; new (fresh rows): unicorn" in "\n".join(report.lines())
 
-    model = build_detector(detector_config(config, num_classes=len(names)))
+    model = build_detector(config, num_classes=len(names))
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     report = init_from_checkpoint(model, result.checkpoint, names, classes="reinit")
-    assert len(report.reinitialised) == 6 and not report.remapped
+    assert len(report.reinitialised) == 6 and not report.remapped  # 3 stages x cls_score weight and bias
     key = "roi_heads.stages.0.predictor.cls_score.weight"
     assert torch.equal(model.state_dict()[key], fresh[key])
     with pytest.raises(ValueError, match=r"init_class_map.unicorn: 'pegasus' is not a class of the checkpoint"):
@@ -181,7 +181,8 @@ def test_two_processes_train_with_gloo_and_resume(data_root, tmp_path):
         return completed.stdout
 
     output = torchrun(tmp_path / "full")
-    assert "on 2 process(es)" in output and output.count("checkpoint: ") == 2  # only rank 0 writes
+    # 4 iterations, a checkpoint every 2: model_0000002 and the final one, each written by rank 0 only.
+    assert "on 2 process(es)" in output and output.count("checkpoint: ") == 2
     full = load_checkpoint(tmp_path / "full" / FINAL)
     assert full["world_size"] == 2 and len(full["rng"]) == 2 and full["iteration"] == 4
     half = tmp_path / "half"
@@ -194,10 +195,12 @@ def test_two_processes_train_with_gloo_and_resume(data_root, tmp_path):
     # close to the uninterrupted run's but, unlike on one process, not yet bit-identical.
     assert resumed["iteration"] == 4 and resumed["world_size"] == 2
     assert resumed["loss_curve"][:2] == full["loss_curve"][:2]
-    assert resumed["loss_curve"][2] == pytest.approx(full["loss_curve"][2], rel=0.01)
+    assert resumed["loss_curve"][2] == pytest.approx(full["loss_curve"][2], rel=0.01)  # a tolerance, not a measured figure
 
 
 def test_learning_rate_schedules():
+    # Linear warm-up from 0.01 over 10 iterations, then x0.1 at 50 and again at 80 (Detectron's step
+    # schedule); cosine: 1 after warm-up, 0.5 half-way through the remaining 90, 0 at the end.
     step = [lr_factor(i, 100, 10, 0.01, "step", (50, 80), 0.1) for i in range(100)]
     assert step[0] == pytest.approx(0.01) and step[10] == 1.0 and step[49] == 1.0
     assert step[50] == pytest.approx(0.1) and step[79] == pytest.approx(0.1) and step[80] == pytest.approx(0.01)
@@ -209,6 +212,9 @@ def test_shipped_configs_validate_and_default_to_the_full_model(tmp_path):
     for path in sorted(CONFIGS.glob("*.yaml")):
         assert isinstance(load_config(path, DetectorTrainingConfig), DetectorTrainingConfig)
     full = DetectorTrainingConfig(dataset={"synthetic": {"root": str(tmp_path)}})
+    # The full model: ResNet-50, NAS-FPN's 7 repeats of 256 channels (Ghiasi et al. 2019), the seed's
+    # 14 x 14 box head and gaussian Soft-NMS, its training scales 400..1400 (max 1600) and its test
+    # scales 400..1400 (max 2100).
     assert (full.detector.backbone.depth, full.detector.neck.width, full.detector.neck.repeats) == (50, 256, 7)
     assert full.detector.cascade.box_head_resolution == 14 and full.detector.postprocess.nms == "gaussian"
     assert (full.train.short_sides, full.train.max_size) == ((400, 1400), 1600)
