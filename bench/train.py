@@ -22,9 +22,9 @@ import torch
 
 from detector.engine.config import DetectorTrainingConfig
 from detector.engine.model import detector_config
-from detector.modeling import build_detector
 from detector.engine.runtime import resolve_device
 from detector.engine.step import apply_gradients, compute_losses
+from detector.modeling import build_detector
 
 NUM_CLASSES = 365
 

@@ -19,6 +19,7 @@ import torch
 from ensemble_boxes import non_maximum_weighted, weighted_boxes_fusion
 from torch import Tensor
 
+from detector.coco_eval import to_original_pixels
 from detector.data.coco import CocoDetection
 from detector.data.transforms import (
     Compose,
@@ -28,7 +29,6 @@ from detector.data.transforms import (
     Transform,
     collate_padded,
 )
-from detector.evaluation import to_original_pixels
 from detector.modeling import CascadeRCNN
 from detector.ops import Suppression, class_nms
 from nas_errors import UserError

@@ -17,7 +17,7 @@ import torch
 from detector.data import CocoDetection, collate_padded, train_transforms
 from detector.engine.schedule import lr_factor
 from detector.engine.step import apply_gradients, compute_losses, loss_summary
-from detector.evaluation import coco_results_by_image, evaluate_detections
+from detector.coco_eval import coco_results_by_image, evaluate_detections
 from detector.inference import detect, view_transform
 from detector.modeling import CascadeRCNN
 from proxy_trainer.config import ProxyConfig, TrainConfig

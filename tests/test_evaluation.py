@@ -4,19 +4,19 @@ import math
 import pytest
 import torch
 
+from detector.coco_eval import (
+    coco_results_by_image,
+    evaluate_detections,
+    summary_lines,
+    to_original_pixels,
+    write_detections,
+)
 from detector.data import (
     CocoDetection,
     Compose,
     RandomHorizontalFlip,
     ResizeShortSide,
     generate_synthetic_dataset,
-)
-from detector.evaluation import (
-    coco_results_by_image,
-    evaluate_detections,
-    summary_lines,
-    to_original_pixels,
-    write_detections,
 )
 
 SIZE = 64  # no object reaches COCO's "large" (area > 96^2), so APl has no ground truth

@@ -4,14 +4,12 @@ import sys
 
 import pytest
 import torch
-
 from torch.utils.flop_counter import FlopCounterMode
 
 from detector.modeling.nasfpn import NASFPNCell, NASFPNNeck, resample
 from search_spaces import fpn, nasfpn, neck_cost
 from search_spaces.cost import level_size
 from search_spaces.space import SearchSpace
-
 from tests.nasfpn_reference import NASFPN_DECODED
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from detector.checkpoint import init_from_checkpoint
-from detector.engine import DetectorTrainingConfig, build_detector, train
-from detector.engine.checkpointing import FINAL, LATEST, load_checkpoint, periodic_name
+from detector.engine import DetectorTrainingConfig, detector_config, train
+from detector.engine.checkpoints import FINAL, LATEST, init_from_checkpoint, load_checkpoint, periodic_name
 from detector.engine.schedule import lr_factor
+from detector.modeling import build_detector
 from nas_service.configs import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +124,7 @@ def test_init_from_a_checkpoint_with_other_classes(uninterrupted, data_root):
     config, _, result, _ = uninterrupted
     source = load_checkpoint(result.checkpoint)["model"]
     names = ["Blue_Triangle", "unicorn", "red_ellipse", "teal ring"]
-    model = build_detector(config, num_classes=len(names))
+    model = build_detector(detector_config(config, num_classes=len(names)))
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     report = init_from_checkpoint(model, result.checkpoint, names, class_map={"teal ring": "green_rectangle"})
     state = model.state_dict()
@@ -144,7 +144,7 @@ def test_init_from_a_checkpoint_with_other_classes(uninterrupted, data_root):
     assert report.missing == report.unexpected == report.shape_mismatch == []
     assert "classes matched by name: 3 of 4; new (fresh rows): unicorn" in "\n".join(report.lines())
 
-    model = build_detector(config, num_classes=len(names))
+    model = build_detector(detector_config(config, num_classes=len(names)))
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     report = init_from_checkpoint(model, result.checkpoint, names, classes="reinit")
     assert len(report.reinitialised) == 6 and not report.remapped  # 3 stages x cls_score weight and bias

@@ -9,12 +9,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from detector.checkpoint import model_state
+from detector.coco_eval import coco_results_by_image, evaluate_detections
 from detector.data.coco import CocoDetection
-from detector.engine.checkpointing import load_checkpoint
+from detector.engine.checkpoints import load_checkpoint, model_state
 from detector.engine.config import DetectorTrainingConfig, FullDetectorConfig
 from detector.engine.runtime import resolve_device
-from detector.evaluation import coco_results_by_image, evaluate_detections
 from detector.inference import Detections, detect, detect_tta, fuse, view_transform
 from detector.modeling import CascadeRCNN, build_detector
 from nas_errors import UserError

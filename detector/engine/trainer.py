@@ -18,10 +18,11 @@ from typing import Any, Callable
 
 import torch
 
-from detector.checkpoint import InitReport, init_from_checkpoint
 from detector.engine import distributed as dist
-from detector.engine.checkpointing import (
+from detector.engine.checkpoints import (
     FINAL,
+    InitReport,
+    init_from_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     periodic_name,

@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
+from detector.coco_eval import summary_lines, write_detections
 from detector.engine.config import DetectorTrainingConfig
 from detector.engine.evaluate import evaluate
 from detector.engine.trainer import train
-from detector.evaluation import summary_lines, write_detections
 from nas_errors import UserError
 from nas_service.configs import load_config
 
