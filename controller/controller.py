@@ -153,7 +153,7 @@ class Controller:
         )
 
     def _pretrain_on_seed(self) -> None:
-        """Maximum-likelihood steps on the seed until the policy samples it with the target probability.
+        """Maximum-likelihood steps on the seed architecture until the policy samples it with the target probability.
 
         This starts the search near a known-good cell while every other cell keeps a non-zero chance.
         """

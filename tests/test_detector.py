@@ -107,7 +107,7 @@ ORACLE_DELTAS = ((1.0, 0.0, 0.0, 0.0), (2.0, 0.0, 1.0, 0.0), (-3.0, 3.0, 0.0, -1
 ORACLE_LOGITS = ((5.0, -1.0), (-4.0, 3.0), (10.0, -4.0))
 # Cascade R-CNN (Cai and Vasconcelos, CVPR 2018): box-delta stds of the three stages.
 PAPER_STDS = ((0.1, 0.1, 0.2, 0.2), (0.05, 0.05, 0.1, 0.1), (0.033, 0.033, 0.067, 0.067))
-# The seed's adaptive testing: stage weights 0.2 / 0.3 / 0.5 (Baidu's Objects365 2019 solution).
+# The 2019 solution's adaptive testing: stage weights 0.2 / 0.3 / 0.5 (Baidu's Objects365 2019 solution).
 SEED_WEIGHTS = (0.2, 0.3, 0.5)
 
 

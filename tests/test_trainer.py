@@ -213,7 +213,7 @@ def test_shipped_configs_validate_and_default_to_the_full_model(tmp_path):
     for path in sorted(CONFIGS.glob("*.yaml")):
         assert isinstance(load_config(path, DetectorTrainingConfig), DetectorTrainingConfig)
     full = DetectorTrainingConfig(dataset={"synthetic": {"root": str(tmp_path)}})
-    # The full model: ResNet-50, NAS-FPN's 7 repeats of 256 channels (Ghiasi et al. 2019), the seed's
+    # The full model: ResNet-50, NAS-FPN's 7 repeats of 256 channels (Ghiasi et al. 2019), the 2019 solution's
     # 14 x 14 box head and gaussian Soft-NMS, its training scales 400..1400 (max 1600) and its test
     # scales 400..1400 (max 2100).
     assert (full.detector.backbone.depth, full.detector.neck.width, full.detector.neck.repeats) == (50, 256, 7)

@@ -3,7 +3,7 @@
 Each sampler is a per-image weight plus a way to draw an epoch from it:
 
 - ``uniform``: a fresh permutation of all images every epoch;
-- ``class_diversity`` (the seed's class diversity sensitive sampling):
+- ``class_diversity`` (the 2019 solution's class diversity sensitive sampling):
   ``W_i = ln(C_i) + eps * sum_c P_c H_c`` with C_i the distinct classes of image i, P_c the share of
   all boxes that are of class c and H_c = 1 when image i contains c; images are drawn with
   replacement with probability proportional to W_i;

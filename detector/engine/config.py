@@ -1,6 +1,6 @@
 """Full detector training and testing settings: what `nas export best --to detector-config` writes.
 
-``DetectorTrainingConfig(dataset=...)`` is a complete full-size recipe, the seed solution's
+``DetectorTrainingConfig(dataset=...)`` is a complete full-size recipe, the 2019 solution's
 (Baidu, Objects365 Challenge 2019): Cascade R-CNN R-50 with FPN -> NAS-FPN (7 repeats, 256
 channels), the 14x14 box head, adaptive cascade testing, Soft-NMS, multi-scale training with short
 sides 400..1400 (max 1600) and multi-scale + flip testing at 400..1400 (max 2100).
@@ -42,7 +42,7 @@ class SamplerConfig(StrictModel):
     """How training images are drawn; ``nas dataset stats ann.json`` prints each kind's weights."""
 
     kind: SamplerKind = "uniform"
-    """uniform: a fresh permutation each epoch; class_diversity: the seed's W_i = ln(C_i) + eps * sum_c
+    """uniform: a fresh permutation each epoch; class_diversity: the 2019 solution's W_i = ln(C_i) + eps * sum_c
     P_c H_c; class_aware: w_i = sum over the image's classes of 1 / (images with the class);
     repeat_factor: LVIS repeat factors max(1, sqrt(t / f_c))."""
     diversity_eps: float = Field(1.0, gt=0)
@@ -103,23 +103,23 @@ class DatasetConfig(StrictModel):
 
 
 class FullCascadeConfig(CascadeConfig):
-    """Cascade heads with the seed's large-resolution (14x14) box head."""
+    """Cascade heads with the 2019 solution's large-resolution (14x14) box head."""
 
     box_head_resolution: Literal[7, 14] = 14
-    """RoIAlign output size; 14 is the seed's large-resolution box head, 7 the usual one."""
+    """RoIAlign output size; 14 is the 2019 solution's large-resolution box head, 7 the usual one."""
 
 
 class FullPostProcessConfig(PostProcessConfig):
     """Gaussian Soft-NMS with sigma 0.15, Baidu's Objects365 setting."""
 
     nms: Literal["hard", "linear", "gaussian"] = "gaussian"
-    """Per-class hard NMS, or Soft-NMS (the seed used gaussian Soft-NMS)."""
+    """Per-class hard NMS, or Soft-NMS (the 2019 solution used gaussian Soft-NMS)."""
     sigma: float = 0.15
     """Gaussian Soft-NMS: score decay exp(-iou^2 / sigma)."""
 
 
 class FullDetectorConfig(DetectorConfig):
-    """The seed's model: ResNet-50, FPN -> NAS-FPN (7 x 256), 14x14 box head, adaptive testing,
+    """The 2019 solution's model: ResNet-50, FPN -> NAS-FPN (7 x 256), 14x14 box head, adaptive testing,
     Soft-NMS. Defaults hold per field, so a partial ``detector:`` section keeps the others."""
 
     cascade: FullCascadeConfig = FullCascadeConfig()
@@ -140,7 +140,7 @@ class DistributedConfig(StrictModel):
 
 class TrainSettings(StrictModel):
     iterations: int = Field(350_000, ge=1)
-    """Optimizer steps (the seed's sampling comparison ran 350k iterations)."""
+    """Optimizer steps (the 2019 solution's sampling comparison ran 350k iterations)."""
     batch_size: int = Field(2, ge=1)
     """Images per process and step; the global batch is this times the number of processes."""
     learning_rate: float = Field(0.02, gt=0)

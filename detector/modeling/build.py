@@ -1,7 +1,7 @@
 """``build_detector``: the one reader of a ``DetectorConfig``; every module below takes plain arguments.
 
 As torchvision's model builders and detectron2's ``from_config``: the config's names are the papers'
-(Cascade R-CNN's IoU thresholds and box stds, the seed's adaptive weights), and they are turned into
+(Cascade R-CNN's IoU thresholds and box stds, the 2019 solution's adaptive weights), and they are turned into
 module arguments here only.
 """
 

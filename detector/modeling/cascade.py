@@ -6,9 +6,9 @@ its own IoU threshold and regresses class-agnostic deltas encoded with its own s
 Testing:
 - ``standard``: every head scores the boxes the second-to-last stage produced, their class
   probabilities are averaged, and the boxes come from the last stage (the author's code, the
-  seed's "Standard Cascade RCNN").
+   2019 solution's "Standard Cascade RCNN").
 - ``adaptive``: each stage scores the boxes it received itself; class probabilities and boxes of
-  the stages are combined with ``adaptive_weights`` (the seed's "Adaptive Testing", 0.2/0.3/0.5).
+  the stages are combined with ``adaptive_weights`` (the 2019 solution's "Adaptive Testing", 0.2/0.3/0.5).
 """
 
 from __future__ import annotations

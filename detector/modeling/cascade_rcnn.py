@@ -1,4 +1,4 @@
-"""Cascade R-CNN with the seed's neck: backbone -> FPN -> searched NAS-FPN cell -> RPN -> cascade heads."""
+"""Cascade R-CNN with the 2019 solution's neck: backbone -> FPN -> searched NAS-FPN cell -> RPN -> cascade heads."""
 
 from __future__ import annotations
 
