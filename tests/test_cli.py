@@ -153,6 +153,7 @@ def test_user_errors_are_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_
         ("proxy", "-c", str(binary)): f"error: {binary}: not a text file (byte 1 is not UTF-8)",
         ("dataset", "synth", "--out", str(blocked / "synthetic")): "cannot create the synthetic dataset here",
         ("search", "list", "--db", f"sqlite:///{tmp_path}/typo/nas.db"): "no episode store at",
+        ("dataset", "synth", "--out", str(tmp_path / "s"), "--size", "8"): "--size: Input should be greater than or equal to 32",
     }
     for args, message in cases.items():
         result = _run_nas(*args)

@@ -3,30 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
+from pydantic import ValidationError
 
 from detector.data.coco import annotation_labels
 from detector.data.prepare import SyntheticDataConfig, ensure_synthetic_dataset
 from detector.data.samplers import SAMPLER_KINDS, class_exposure, sampling_weights
+from nas_errors import UserError
 
 dataset_app = typer.Typer(help="Make and inspect datasets.", no_args_is_help=True)
+
+
+_SYNTH_FIELDS = SyntheticDataConfig.model_fields
+_OPTIONS = {"num_train": "--train", "num_val": "--val", "image_size": "--size", "num_classes": "--classes", "seed": "--seed"}
+
+
+def _synth_option(field: str, help: str) -> Any:
+    """A ``nas dataset synth`` option whose default is ``SyntheticDataConfig``'s, so the two never differ."""
+    return typer.Option(_SYNTH_FIELDS[field].default, _OPTIONS[field], help=help)
 
 
 @dataset_app.command("synth")
 def dataset_synth(
     out: Path = typer.Option(..., "--out", help="Folder to create (train/, val/, annotations/)."),
-    train: int = typer.Option(400, "--train", min=1, help="Training images."),
-    val: int = typer.Option(100, "--val", min=1, help="Held-out reward images."),
-    size: int = typer.Option(128, "--size", min=32, help="Image side in pixels."),
-    classes: int = typer.Option(8, "--classes", min=1, help="Number of classes."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
+    train: int = _synth_option("num_train", "Training images."),
+    val: int = _synth_option("num_val", "Held-out reward images."),
+    size: int = _synth_option("image_size", "Image side in pixels."),
+    classes: int = _synth_option("num_classes", "Number of classes."),
+    seed: int = _synth_option("seed", "Random seed; the same seed gives the same files."),
 ) -> None:
     """Generate the synthetic COCO-format proxy dataset (deterministic)."""
-    config = SyntheticDataConfig(
-        root=out, num_train=train, num_val=val, image_size=size, num_classes=classes, seed=seed
-    )
+    values = {"root": out, "num_train": train, "num_val": val, "image_size": size, "num_classes": classes, "seed": seed}
+    try:
+        config = SyntheticDataConfig.model_validate(values)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        option = _OPTIONS.get(str(problem["loc"][0]), "--out")
+        raise UserError(f"{option}: {problem['msg'].removeprefix('Value error, ')}") from None
     paths = ensure_synthetic_dataset(config)
     typer.echo(f"train: {paths.train_annotations} ({train} images in {paths.train_images})")
     typer.echo(f"val:   {paths.val_annotations} ({val} held-out images in {paths.val_images})")
