@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from search_spaces.architecture import DEFAULT_LEVELS, ArchitectureError
-from search_spaces.space import SearchSpace, resolve_architecture
+from search_spaces.space import SearchSpace, inline_architecture_file, resolve_architecture
 
 
 class ControllerConfig(BaseModel):
@@ -33,11 +33,17 @@ class ControllerConfig(BaseModel):
     temperature: float = Field(1.0, gt=0)
     seed: int = 0
     seed_architecture: str | dict[str, Any] | None = "nasfpn"
-    """Known name, JSON file or inline architecture proposed first and pre-trained towards; None: none."""
+    """Known name or inline architecture proposed first and pre-trained towards; None: none. A config file
+    may name a JSON file (relative to the config file), read in when the file is loaded."""
     seed_target_probability: float = Field(0.1, gt=0, lt=1)
     """Pre-train by maximum likelihood until the seed is sampled with this probability."""
     seed_learning_rate: float = Field(0.003, gt=0)
     seed_max_steps: int = Field(2000, ge=1)
+
+    @field_validator("seed_architecture", mode="before")
+    @classmethod
+    def _read_file_named_in_a_config_file(cls, value: Any, info: ValidationInfo) -> Any:
+        return inline_architecture_file(value, info.context)
 
     @model_validator(mode="after")
     def _check_space(self) -> "ControllerConfig":

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from search_spaces.architecture import ArchitectureError
-from search_spaces.space import resolve_architecture
+from search_spaces.space import inline_architecture_file, resolve_architecture
 
 
 class StrictModel(BaseModel):
@@ -37,7 +37,8 @@ class BackboneConfig(StrictModel):
 
 class NeckConfig(StrictModel):
     architecture: str | dict[str, Any] = "nasfpn"
-    """The NAS-FPN cell: a known name, an architecture JSON file or inline JSON."""
+    """The NAS-FPN cell: a known name or inline JSON; a config file may name a JSON file (relative to
+    the config file), which is read in when the file is loaded."""
     levels: tuple[int, ...] = (2, 3, 4, 5, 6)
     """Pyramid levels the neck works on (P2 has stride 4); the cell must be searched on the same ones."""
     fpn_channels: int = Field(256, ge=1)
@@ -50,6 +51,11 @@ class NeckConfig(StrictModel):
     """Normalisation after each cell's conv."""
     attention_pool: Literal["max", "avg"] = "max"
     """Global pooling of the global-pool (attention) op."""
+
+    @field_validator("architecture", mode="before")
+    @classmethod
+    def _read_file_named_in_a_config_file(cls, value: Any, info: ValidationInfo) -> Any:
+        return inline_architecture_file(value, info.context)
 
     @model_validator(mode="after")
     def _check_architecture(self) -> "NeckConfig":

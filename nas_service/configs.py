@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from nas_errors import UserError
+from search_spaces.space import ARCHITECTURE_FOLDER
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -42,9 +43,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def validate_config(path: Path | str, data: dict[str, Any], model: type[Model]) -> Model:
+def validate_config(path: Path, data: dict[str, Any], model: type[Model]) -> Model:
+    """``data`` read from the file ``path``: architecture files it names are read relative to the file."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={ARCHITECTURE_FOLDER: path.parent})
     except ValidationError as error:
         raise ConfigError(f"{path}: {describe_validation_error(error)}") from None
 

@@ -7,13 +7,15 @@ depends on files that may have changed since.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from controller.config import ControllerConfig
 from detector.config import StrictModel
+from nas_errors import UserError
 from nas_service.configs import read_yaml, validate_config
 from proxy_trainer.config import ProxyConfig
 
@@ -42,19 +44,21 @@ class FailureConfig(StrictModel):
 
 
 class BudgetConfig(StrictModel):
-    episodes: int = Field(400, ge=1)
+    episodes: int = Field(400, ge=1, le=100_000)
     """Episodes proposed in all, cached ones included (the seed solution searched ~400)."""
-    unique: int | None = Field(None, ge=1)
+    unique: int | None = Field(None, ge=1, le=100_000)
     """Stop after this many distinct architectures were trained."""
-    seconds: float | None = Field(None, gt=0)
+    seconds: float | None = Field(None, gt=0, le=366 * 24 * 3600)
     """Wall-clock budget, counted from the search's first start (time between runs counts too)."""
 
 
 class ResourcesConfig(StrictModel):
-    concurrency: int = Field(1, ge=1)
+    """What each trial reserves on the Ray cluster (a trial runs on one node, so at most one node's worth)."""
+
+    concurrency: int = Field(1, ge=1, le=1024)
     """Proxy trainings at once."""
-    cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
+    cpus_per_trial: float = Field(1.0, gt=0, le=1024)
+    gpus_per_trial: float = Field(0.0, ge=0, le=16)
 
 
 class SearchConfig(StrictModel):
@@ -84,16 +88,41 @@ def stored_reward_metric(config: dict) -> str:
 def load_search_config(path: Path) -> SearchConfig:
     """Read a search YAML; ``proxy:`` is inline or the path of a proxy config file.
 
-    Dataset paths are made absolute (relative to the working directory), because the trials run in
-    folders of their own, possibly on other machines sharing the storage.
+    An architecture file named in either file is read in, relative to the file that names it; file
+    paths are made absolute (see ``with_absolute_paths``).
     """
     data = read_yaml(path)
     if isinstance(data.get("proxy"), str):
-        data["proxy"] = read_yaml(Path(data["proxy"]))
+        proxy_path = Path(data["proxy"])
+        data["proxy"] = validate_config(proxy_path, read_yaml(proxy_path), ProxyConfig).model_dump(mode="json")
     return with_absolute_paths(validate_config(path, data, SearchConfig))
 
 
+def config_paths(model: BaseModel, within: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Path]]:
+    """Every file or folder path set in a config, with its field names, e.g. ``("proxy", "dataset", "train_images")``."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, Path):
+            yield (*within, name), value
+        elif isinstance(value, BaseModel):
+            yield from config_paths(value, (*within, name))
+
+
 def with_absolute_paths(config: SearchConfig) -> SearchConfig:
-    """The config with its dataset paths resolved against the working directory."""
-    proxy = config.proxy.model_copy(update={"dataset": config.proxy.dataset.absolute()})
-    return config.model_copy(update={"proxy": proxy})
+    """The config with every path resolved against the working directory, symlinks followed, because
+    the trials run in folders of their own, possibly on other machines sharing the storage.
+
+    Resolving looks at names and links only: no file is opened.
+    """
+    data = config.model_dump(mode="json")
+    for location, path in config_paths(config):
+        try:
+            resolved = path.resolve()
+        except (OSError, ValueError) as error:  # a NUL character, a symlink loop
+            raise UserError(f"config.{'.'.join(location)}: {path}: {error}") from None
+        *parents, name = location
+        section = data
+        for parent in parents:
+            section = section[parent]
+        section[name] = str(resolved)
+    return SearchConfig.model_validate(data)

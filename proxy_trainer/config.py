@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from detector.config import DetectorConfig, StrictModel
 from detector.data.prepare import SyntheticDataConfig
 from search_spaces.architecture import ArchitectureError
-from search_spaces.space import resolve_architecture
+from search_spaces.space import inline_architecture_file, resolve_architecture
 
 __all__ = ["BaseConfig", "DatasetConfig", "ProxyConfig", "SyntheticDataConfig", "TrainConfig"]
 
@@ -51,27 +51,33 @@ class DatasetConfig(StrictModel):
         return self.model_copy(update=paths)
 
 
+MAX_IMAGE_SIDE = 4096
+"""Largest image side a proxy trains or tests at (the full detector's largest is 2100)."""
+MAX_ITERATIONS = 1_000_000
+ImageSide = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]
+
+
 class TrainConfig(StrictModel):
-    iterations: int = Field(100, ge=1)
-    batch_size: int = Field(8, ge=1)
+    iterations: int = Field(100, ge=1, le=MAX_ITERATIONS)
+    batch_size: int = Field(8, ge=1, le=1024)
     learning_rate: float = Field(0.02, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
-    warmup_iterations: int = Field(50, ge=0)
+    warmup_iterations: int = Field(50, ge=0, le=MAX_ITERATIONS)
     warmup_factor: float = Field(0.001, gt=0, le=1)
     grad_clip: float | None = Field(10.0, gt=0)
-    train_short_sides: tuple[int, int] = (112, 144)
+    train_short_sides: tuple[ImageSide, ImageSide] = (112, 144)
     """Multi-scale training: the short side is drawn from this inclusive range."""
-    train_max_size: int = 192
+    train_max_size: ImageSide = 192
     flip_probability: float = Field(0.5, ge=0, le=1)
-    eval_short_side: int = 128
-    eval_max_size: int = 192
-    eval_batch_size: int = Field(8, ge=1)
+    eval_short_side: ImageSide = 128
+    eval_max_size: ImageSide = 192
+    eval_batch_size: int = Field(8, ge=1, le=1024)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA when available. AMP is used on CUDA only."""
     amp: bool = True
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=1024)
     """CPU threads for torch when the caller does not say (a search passes its trial's CPUs); None: the
     number of CPUs this process may run on. Never torch's default: on a shared machine that oversubscribes."""
     log_every: int = Field(25, ge=1)
@@ -98,17 +104,23 @@ class BaseConfig(StrictModel):
     a hash of what it depends on (dataset, detector settings, recipe)."""
     cache_dir: Path = Path("data/proxy-bases")
     """Where bases built on first use are kept (relative to the working directory)."""
-    architecture: str = "fpn"
-    """The cell the base is trained with (a known name or an architecture JSON file)."""
-    iterations: int = Field(350, ge=1)
+    architecture: str | dict[str, Any] = "fpn"
+    """The cell the base is trained with: a known name or inline JSON; a config file may name a JSON file
+    (relative to the config file), which is read in when the file is loaded."""
+    iterations: int = Field(350, ge=1, le=MAX_ITERATIONS)
     learning_rate: float = Field(0.04, gt=0)
-    warmup_iterations: int = Field(20, ge=0)
+    warmup_iterations: int = Field(20, ge=0, le=MAX_ITERATIONS)
     seed: int = 0
     load: tuple[BasePart, ...] = ("backbone", "pyramid")
     """Parts every episode starts from; the others start from a fresh initialisation that depends only on
     the episode's seed, not on its cell."""
     freeze: tuple[FrozenPart, ...] = ("backbone", "pyramid")
     """Loaded parts that episodes do not train (in eval mode, so BN statistics stay the base's)."""
+
+    @field_validator("architecture", mode="before")
+    @classmethod
+    def _read_file_named_in_a_config_file(cls, value: Any, info: ValidationInfo) -> Any:
+        return inline_architecture_file(value, info.context)
 
     @model_validator(mode="after")
     def _parts(self) -> "BaseConfig":

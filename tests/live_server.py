@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,13 +24,18 @@ def free_port() -> int:
 
 @contextmanager
 def serving(
-    db_url: str, cwd: Path, token: str | None = TOKEN, port: int | None = None, ray_address: str | None = None
+    db_url: str,
+    cwd: Path,
+    token: str | None = TOKEN,
+    port: int | None = None,
+    ray_address: str | None = None,
+    options: Sequence[str] = (),
 ) -> Iterator[str]:
-    """``nas serve`` in a process of its own; yields its base URL once /api/health answers."""
+    """``nas serve [options]`` in a process of its own; yields its base URL once /api/health answers."""
     port = port or free_port()
     env = {**os.environ, "NAS_API_TOKEN": token or ""}
     log = (cwd / f"serve-{port}.log").open("ab")
-    command = [sys.executable, "-m", "nas_service.cli", "serve", "--port", str(port), "--db", db_url]
+    command = [sys.executable, "-m", "nas_service.cli", "serve", "--port", str(port), "--db", db_url, *options]
     server = subprocess.Popen(
         command + (["--ray-address", ray_address] if ray_address else []),
         cwd=cwd,

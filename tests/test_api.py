@@ -25,9 +25,12 @@ from nas_service.store import EpisodeStore
 from search_spaces import Architecture
 from tests.live_server import TOKEN, free_port, serving
 from tests.seeding import add_episode, search_config, seed_search, start_new_episode
+from tests.test_store import postgres_url  # noqa: F401  (a fresh PostgreSQL database, dropped afterwards)
 
 REPO = Path(__file__).resolve().parent.parent
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON = {"Content-Type": "application/json"}
+AUTH = {"Authorization": f"Bearer {TOKEN}", **JSON}
+"""A change from a client of the API: the token, and the JSON every change must declare."""
 EPISODES = 120
 
 
@@ -49,8 +52,7 @@ def seeded(tmp_path_factory):
     url = f"sqlite:///{root / 'nas.db'}"
     store = EpisodeStore(url)
     finished = seed_search(store, "finished", EPISODES, root / "data")
-    running = seed_search(store, "running", 10, root / "data", seed=1)
-    store.set_search_status(running, "running")
+    running = seed_search(store, "running", 10, root / "data", seed=1, status="running")
     return store, url, root, finished, running
 
 
@@ -66,10 +68,11 @@ def test_openapi_schema_is_valid_and_documents_the_errors(api):
     validate(schema)
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
-            problem = operation["responses"]["422"]["content"]["application/json"]["schema"]
-            assert problem == {"$ref": "#/components/schemas/Problem"}, (method, path)
+            for code in ("403", "422"):  # a foreign Host or Origin; a bad parameter or body
+                problem = operation["responses"][code]["content"]["application/json"]["schema"]
+                assert problem == {"$ref": "#/components/schemas/Problem"}, (method, path, code)
             if method in ("post", "delete"):
-                assert "401" in operation["responses"], (method, path)
+                assert {"401", "411", "413", "415"} <= set(operation["responses"]), (method, path)
     assert {"/api/searches", "/api/searches/{search_id}/episodes", "/api/searches/{search_id}/export"} <= set(
         schema["paths"]
     )
@@ -218,15 +221,15 @@ def test_changes_need_the_token(api, seeded):
         ("DELETE", f"/api/searches/{finished}?confirm=finished"),
         ("POST", "/api/searches"),
     ]:
-        for headers in ({}, {"Authorization": "Bearer wrong"}):
+        for headers in (JSON, {**JSON, "Authorization": "Bearer wrong"}):
             response = api.request(method, path, headers=headers)
             assert response.status_code == 401, (method, path, response.text)
             assert response.headers["www-authenticate"] == "Bearer"
     assert api.get(f"/api/searches/{finished}").json()["archived"] is False  # refused means untouched
 
 
-def test_state_rules_answer_409(api, seeded, tmp_path):
-    store, _, _, finished, running = seeded
+def test_state_rules_answer_409(api, seeded):
+    store, _, root, finished, running = seeded
     assert api.post(f"/api/searches/{finished}/stop", headers=AUTH).status_code == 409
     resumed = api.post(f"/api/searches/{finished}/resume", headers=AUTH)
     assert resumed.status_code == 409 and "completed its budget" in resumed.json()["detail"]
@@ -238,7 +241,7 @@ def test_state_rules_answer_409(api, seeded, tmp_path):
         response = api.request(method, path, headers=AUTH)
         assert response.status_code == 409 and "running" in response.json()["detail"], response.text
 
-    config = search_config(tmp_path / "data", episodes=2).model_dump(mode="json")
+    config = search_config(root / "data" / "to-delete", episodes=2).model_dump(mode="json")
     created = api.post("/api/searches", headers=AUTH, json={"name": "to-delete", "config": config, "start": False})
     assert created.status_code == 201 and created.json()["runner"] is None
     search_id = created.json()["search"]["id"]
@@ -256,7 +259,7 @@ def test_state_rules_answer_409(api, seeded, tmp_path):
 
 def test_an_unreachable_job_server_is_a_503_and_the_search_stays_as_it_was(tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
-    config = search_config(tmp_path / "synthetic", episodes=2).model_dump(mode="json")
+    config = search_config(tmp_path / "data" / "synthetic", episodes=2).model_dump(mode="json")
     nobody = f"http://127.0.0.1:{free_port()}"
     with serving(url, tmp_path, ray_address=nobody) as base:
         response = httpx.post(f"{base}/api/searches", headers=AUTH, json={"name": "nowhere", "config": config})
@@ -280,8 +283,8 @@ def test_a_stale_start_is_refused_instead_of_starting_a_second_runner(seeded, tm
     store.set_search_status(search.id, "stopped")
 
 
-def test_invalid_search_configs_name_the_field(api, tmp_path):
-    config = search_config(tmp_path / "data", episodes=2).model_dump(mode="json")
+def test_invalid_search_configs_name_the_field(api, seeded):
+    config = search_config(seeded[2] / "data", episodes=2).model_dump(mode="json")
     config["budget"]["episodes"] = 0
     config["proxy"]["detector"]["neck"]["levels"] = [3, 4, 5, 6, 7]
     response = api.post("/api/searches", headers=AUTH, json={"config": config, "start": False})
@@ -295,14 +298,14 @@ def test_invalid_search_configs_name_the_field(api, tmp_path):
         "controller.levels: [2, 3, 4, 5, 6] must equal the proxy neck's levels [3, 4, 5, 6, 7]"
         in mismatch.json()["detail"]
     )
-    garbage = api.post("/api/searches", headers={**AUTH, "Content-Type": "application/json"}, content=b"{not json")
+    garbage = api.post("/api/searches", headers=AUTH, content=b"{not json")
     assert garbage.status_code in (400, 422) and garbage.json()["detail"]
 
 
 def test_a_search_started_through_the_api_survives_an_api_restart(tmp_path):
     """POST /api/searches launches the CLI's runner in its own process; restarting the API leaves it be."""
     url = f"sqlite:///{tmp_path / 'nas.db'}"
-    config = search_config(tmp_path / "synthetic", episodes=4).model_dump(mode="json")
+    config = search_config(tmp_path / "data" / "synthetic", episodes=4).model_dump(mode="json")
     port = free_port()
     with serving(url, tmp_path, port=port) as base:
         response = httpx.post(f"{base}/api/searches", headers=AUTH, json={"name": "via-api", "config": config})
@@ -335,8 +338,16 @@ def test_with_a_cluster_address_the_runner_is_a_ray_job(tmp_path, monkeypatch):
     )
     try:
         url = f"sqlite:///{tmp_path / 'nas.db'}"
-        config = search_config(tmp_path / "synthetic", episodes=2).model_dump(mode="json")
+        config = search_config(tmp_path / "data" / "synthetic", episodes=2).model_dump(mode="json")
         with serving(url, tmp_path, ray_address=f"http://127.0.0.1:{dashboard_port}") as base:
+            # A trial needs one node: the API asks the cluster how large its nodes are.
+            too_large = {**config, "resources": {**config["resources"], "cpus_per_trial": 3}}
+            refused = httpx.post(f"{base}/api/searches", headers=AUTH, json={"config": too_large})
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["detail"] == (
+                "config.resources.cpus_per_trial: 3 asked, the largest node of the Ray cluster at "
+                f"http://127.0.0.1:{dashboard_port} has 2"
+            )
             response = httpx.post(f"{base}/api/searches", headers=AUTH, json={"name": "as-job", "config": config})
             assert response.status_code == 201, response.text
             assert response.json()["runner"].startswith("Ray job raysubmit_")
@@ -355,9 +366,11 @@ def test_with_a_cluster_address_the_runner_is_a_ray_job(tmp_path, monkeypatch):
         cluster.shutdown()
 
 
-def test_fuzzing_the_schema_finds_no_server_errors(tmp_path):
-    """Schemathesis over the whole schema; searches it creates are stored but not started (hooks file)."""
-    url = f"sqlite:///{tmp_path / 'nas.db'}"
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_fuzzing_the_schema_finds_no_server_errors(tmp_path, request, backend):
+    """Schemathesis over the whole schema, NUL characters included (PostgreSQL stores none); searches it
+    creates are stored but not started (hooks file)."""
+    url = f"sqlite:///{tmp_path / 'nas.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
     with EpisodeStore(url) as store:
         seed_search(store, "fuzzed", 20, tmp_path / "data")
     with serving(url, tmp_path) as base:
@@ -368,6 +381,9 @@ def test_fuzzing_the_schema_finds_no_server_errors(tmp_path):
                 f"{base}/openapi.json",
                 "--header",
                 f"Authorization: Bearer {TOKEN}",
+                # Changes are JSON only, bodiless ones too (stop, archive), as the dashboard sends them.
+                "--header",
+                "Content-Type: application/json",
                 "--checks",
                 "all",
                 # Cross-field rules of the config (pydantic validators) are not in JSON Schema, so a
@@ -377,6 +393,8 @@ def test_fuzzing_the_schema_finds_no_server_errors(tmp_path):
                 # Resuming a stored search launches a real runner per generated case; tested above.
                 "--exclude-path-regex",
                 "/resume$",
+                "--generation-allow-x00",
+                "true",
                 "--max-examples",
                 "25",
                 "--seed",

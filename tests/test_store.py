@@ -8,7 +8,10 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -17,7 +20,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg import sql
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 
 from nas_service.store import (
     Conflict,
@@ -27,6 +30,7 @@ from nas_service.store import (
     StoreError,
     upgrade_database,
 )
+from nas_service.store.engine import create_store_engine, writer
 from nas_service.store.migrate import MIGRATIONS
 from nas_service.store.schema import Base
 
@@ -415,6 +419,33 @@ def test_entropy_history_outlives_pruned_checkpoints(store):
     assert [p.update_number for p in store.entropy_history(search.id, after_update=4)] == [5, 6]
 
 
+def stored_checkpoints(url: str, search_id: int) -> list[int]:
+    """The update numbers of the search's checkpoint rows, read past the store."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            query = "SELECT update_number FROM controller_checkpoints WHERE search_id = :id ORDER BY update_number"
+            return list(connection.execute(text(query), {"id": search_id}).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_pruning_keeps_the_newest_checkpoints_and_the_whole_entropy_history(store, url):
+    search, other = store.create_search("s", {}), store.create_search("other", {})
+    store.save_checkpoint(other.id, 1, 8, b"other", entropy=1.0, keep_last=1)
+    for update in range(1, 8):
+        store.save_checkpoint(search.id, update, 8 * update, b"state %d" % update, entropy=30.0 - update, keep_last=3)
+        assert stored_checkpoints(url, search.id) == list(range(max(1, update - 2), update + 1)), update
+    latest = store.latest_checkpoint(search.id)
+    assert (latest.update_number, latest.episodes_reported, latest.state) == (7, 56, b"state 7")
+    assert [(p.update_number, p.entropy) for p in store.entropy_history(search.id)] == [
+        (update, 30.0 - update) for update in range(1, 8)
+    ]
+    assert stored_checkpoints(url, other.id) == [1]  # pruning stays within its search
+    store.save_checkpoint(search.id, 8, 64, b"state 8")  # no keep_last: nothing is deleted
+    assert stored_checkpoints(url, search.id) == [5, 6, 7, 8]
+
+
 def test_episode_series_marks_first_proposals_of_each_architecture(store):
     search = store.create_search("s", {})
     keys = ["a", "b", "a", "c", "b", "a"]
@@ -495,21 +526,105 @@ def test_bad_urls_are_refused_by_name(tmp_path):
         EpisodeStore("postgresql://postgres:secret@127.0.0.1:1/nasfpn_test_none")
 
 
-def test_sqlite_uses_wal_and_waits_for_the_write_lock(tmp_path):
+def test_sqlite_runs_in_wal_mode(tmp_path):
     path = tmp_path / "store.db"
-    with EpisodeStore(f"sqlite:///{path}") as store:
-        search = store.create_search("s", {})
-        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        try:
+    with EpisodeStore(f"sqlite:///{path}"):
+        with sqlite3.connect(path) as other:
             assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock for a moment
-            release = threading.Timer(0.3, other.execute, ("COMMIT",))
-            release.start()
-            assert store.list_episodes(search.id) == []  # WAL: reading does not wait
-            assert store.add_episode(search.id, 0, ARCH, arch_hash(0)).number == 0  # writing waits
-            release.join()
+
+
+class WriteAttempts:
+    """Reports when a thread's SQLite write transaction (``BEGIN IMMEDIATE``) starts to run, through a
+    trace callback on every SQLite connection opened while it is installed."""
+
+    def __init__(self) -> None:
+        self.thread_ids: set[int] = set()
+        self.begun = threading.Event()
+
+    def __enter__(self) -> "WriteAttempts":
+        event.listen(Engine, "connect", self._trace)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        event.remove(Engine, "connect", self._trace)
+
+    def _trace(self, dbapi_connection, _record) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.set_trace_callback(self._statement)
+
+    def _statement(self, statement: str) -> None:
+        if statement.startswith("BEGIN IMMEDIATE") and threading.get_native_id() in self.thread_ids:
+            self.begun.set()
+
+
+def wait_until_blocked(url: str, attempts: WriteAttempts, thread_id: int, write: Future) -> None:
+    """Return once the store's ``write`` in thread ``thread_id`` waits for a lock another client holds.
+
+    PostgreSQL shows it: a backend of the database waits on a lock. SQLite does not, so: the thread's
+    ``BEGIN IMMEDIATE`` has started and the thread sleeps, which within that statement only SQLite's
+    busy handler (retrying the lock) does.
+    """
+    deadline = time.monotonic() + 60  # generous; the wait begins within milliseconds on an idle machine
+    if url.startswith("postgresql"):
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as watcher:
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )
+            while watcher.execute(query).fetchone() == (0,):
+                assert not write.done(), f"the write ended without waiting: {write.exception() or write.result()}"
+                assert time.monotonic() < deadline, "the write did not wait for the row lock"
+                time.sleep(0.01)
+        return
+    assert attempts.begun.wait(60) or write.done(), "the write never began its transaction"
+    wchan = Path(f"/proc/self/task/{thread_id}/wchan")
+    while "nanosleep" not in wchan.read_text():
+        assert not write.done(), f"the write ended without waiting: {write.exception() or write.result()}"
+        assert time.monotonic() < deadline, "the write did not wait for SQLite's write lock"
+        time.sleep(0.01)
+
+
+def test_reading_goes_on_and_writing_waits_while_another_client_holds_the_row(url):
+    """Another client's open write transaction has renamed a search and counted one more episode.
+
+    Until it commits, the store reads the committed row without waiting (the reads return while the
+    lock is still held: it is released only further down), and a write blocks on the lock. After the
+    commit the write goes on with the committed row: its episode is numbered after the other
+    client's count. Either backend: SQLite's write lock (WAL), PostgreSQL's row lock.
+    """
+    with WriteAttempts() as attempts, EpisodeStore(url) as store, ThreadPoolExecutor(2) as pool:
+        search = store.create_search("s", {})
+        engine = create_store_engine(url)  # the other client, configured as any store's
+        other = writer(engine).connect()
+        transaction = other.begin()  # BEGIN IMMEDIATE on SQLite
+        update = "UPDATE searches SET name = 'renamed', num_episodes = num_episodes + 1 WHERE id = :id"
+        other.execute(text(update), {"id": search.id})
+        thread_ids: list[int] = []
+        started = threading.Event()
+
+        def add_episode():
+            thread_ids.append(threading.get_native_id())
+            attempts.thread_ids.add(thread_ids[0])
+            started.set()
+            return store.add_episode(search.id, 0, ARCH, arch_hash(0))
+
+        try:
+            read = pool.submit(lambda: (store.get_search(search.id), store.list_episodes(search.id)))
+            summary, episodes = read.result(timeout=60)  # a read that waited for the lock would time out
+            assert (summary.name, summary.num_episodes, episodes) == ("s", 0, [])
+            write = pool.submit(add_episode)
+            assert started.wait(60)
+            wait_until_blocked(url, attempts, thread_ids[0], write)
+            assert not write.done()
         finally:
+            transaction.commit()
             other.close()
+            engine.dispose()
+        try:
+            assert write.result(timeout=60).number == 1
+            assert (store.get_search(search.id).name, store.get_search(search.id).num_episodes) == ("renamed", 2)
+        finally:
+            store.delete_search(search.id)  # the PostgreSQL database is shared by the module's tests
 
 
 WRITER_PROCESS = """

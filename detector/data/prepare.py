@@ -27,11 +27,11 @@ class SyntheticDataConfig(StrictModel):
 
     root: Path
     """Folder of the generated dataset (created on first use)."""
-    num_train: int = Field(400, ge=1)
+    num_train: int = Field(400, ge=1, le=100_000)
     """Training images."""
-    num_val: int = Field(100, ge=1)
+    num_val: int = Field(100, ge=1, le=100_000)
     """Held-out images."""
-    image_size: int = Field(128, ge=32)
+    image_size: int = Field(128, ge=32, le=4096)
     """Image side in pixels."""
     num_classes: int = Field(8, ge=1)
     """Number of (shape, colour) classes."""

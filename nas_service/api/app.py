@@ -2,11 +2,15 @@
 
 Errors of the project's tree (``nas_errors``) become JSON problems by branch (404 not found, 409
 conflict, 422 bad input, 503 launch or service failure), so bad input never reaches the client as a 500.
+Before any route, ``guard.RequestGuard`` refuses other names for the server, other sites' pages and
+oversized bodies; every change must be JSON (``deps.require_json``); ``admission`` keeps the files a
+request names in the data roots.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nas_service.api.deps import Settings, Store
+from nas_service.api.guard import LOOPBACK_NAMES, RequestGuard
 from nas_service.api.routers import architectures, episodes, searches
 from nas_service.api.schemas import ConfigPreset, FieldProblem, Health, Problem
 from nas_errors import Conflict, LaunchError, NasError, NotFound, TrainingError, Unavailable, UserError
@@ -28,17 +33,28 @@ PRESETS = Path("configs/search")
 """Search configs offered by the dashboard's form, relative to the server's working directory."""
 
 
-def create_app(store_url: str, token: str | None = None, ray_address: str | None = None) -> FastAPI:
+def create_app(
+    store_url: str,
+    token: str | None = None,
+    ray_address: str | None = None,
+    allowed_hosts: Sequence[str] = (),
+    data_roots: Sequence[Path] = (Path("data"),),
+) -> FastAPI:
+    """The app; ``allowed_hosts`` are served besides the loopback names, ``data_roots`` are the folders
+    (relative to the working directory, or absolute) that every file a request names must lie in."""
     app = FastAPI(
         title="nas-fpn",
         version=version("nas-fpn"),
         summary="Search NAS-FPN cells with reinforcement learning; inspect searches and export the winners.",
         responses={
             400: {"model": Problem, "description": "The body is not valid JSON."},
+            403: {"model": Problem, "description": "The Host is not a name of this server, or Origin another site."},
             422: {"model": Problem, "description": "A parameter or the body does not validate."},
         },
     )
-    app.state.settings = Settings(store_url=store_url, token=token, ray_address=ray_address)
+    roots = tuple(root.resolve() for root in data_roots)
+    app.state.settings = Settings(store_url=store_url, token=token, ray_address=ray_address, data_roots=roots)
+    app.add_middleware(RequestGuard, allowed_hosts=(*LOOPBACK_NAMES, *allowed_hosts))
     app.state.store = EpisodeStore(store_url)
     app.router.add_event_handler("shutdown", app.state.store.close)
     for router in (searches.router, episodes.router, architectures.router):

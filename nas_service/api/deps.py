@@ -1,9 +1,10 @@
-"""Request dependencies: the store, the server's settings and the bearer-token check."""
+"""Request dependencies: the store, the server's settings and the checks of every change (JSON, the token)."""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, status
@@ -11,6 +12,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from nas_service.api.schemas import Problem
 from nas_service.store import INT32_MAX, EpisodeStore
+
+JSON = "application/json"
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,8 @@ class Settings:
     """Bearer token required by every state-changing request; None: no authentication (loopback use)."""
     ray_address: str | None
     """Where runners launched by the API go (see ``nas_service.launcher``)."""
+    data_roots: tuple[FilePath, ...]
+    """Absolute folders (symlinks resolved) that every file a request names must lie in."""
 
 
 def get_store(request: Request) -> EpisodeStore:
@@ -31,6 +36,22 @@ def get_settings(request: Request) -> Settings:
 
 
 _bearer = HTTPBearer(auto_error=False, description="Required for changes when the server has NAS_API_TOKEN set.")
+
+
+def require_json(request: Request) -> None:
+    """Refuse a change that does not declare a JSON body (only a DELETE without a body may leave it out).
+
+    A page may send a form, or a bodiless POST, to any site without the browser asking that site first;
+    a request declared JSON needs the browser's CORS preflight, which this server never grants.
+    """
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    bodiless = request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers
+    if media_type != JSON and (request.method != "DELETE" or media_type or not bodiless):
+        shown = repr(media_type) if media_type else "none"
+        raise HTTPException(
+            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Type: changes take {JSON} only (got {shown}), even with an empty body",
+        )
 
 
 def require_token(
@@ -51,8 +72,12 @@ def require_token(
 Store = Annotated[EpisodeStore, Depends(get_store)]
 SearchId = Annotated[int, Path(ge=1, le=INT32_MAX, description="Search id.")]
 EpisodeNumber = Annotated[int, Path(ge=0, le=INT32_MAX, description="Episode number within the search.")]
-Authorized = [Depends(require_token)]
-"""Dependencies of every state-changing route; its responses include ``UNAUTHORIZED``."""
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "The server has NAS_API_TOKEN set and the bearer token is missing or wrong."}
+CHANGE_CHECKS = [Depends(require_json), Depends(require_token)]
+"""Dependencies of every state-changing route; its responses include ``CHANGE_REFUSED``."""
+CHANGE_REFUSED: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "The server has NAS_API_TOKEN set and the bearer token is missing or wrong."},
+    411: {"model": Problem, "description": "A body without a Content-Length."},
+    413: {"model": Problem, "description": "The body is larger than a megabyte."},
+    415: {"model": Problem, "description": "The request does not declare Content-Type: application/json."},
 }
+"""Refusals of a change: ``CHANGE_CHECKS`` and the body size (``nas_service.api.guard``)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nas_service.search_config import SearchConfig, stored_reward_metric
 from nas_service.store import EpisodeRecord, SearchRecord
@@ -37,6 +37,14 @@ class Health(BaseModel):
 
 class SearchCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul_characters(cls, data: Any) -> Any:
+        """PostgreSQL stores no NUL in text or JSON, and no file name holds one: refuse it up front."""
+        if (where := nul_at(data)) is not None:
+            raise ValueError(f"{where}: contains a NUL character")
+        return data
 
     name: str | None = Field(None, min_length=1, max_length=200)
     """Unique name; default: ``api-<time>``."""
@@ -73,6 +81,7 @@ class SearchSummary(BaseModel):
     best_episode_number: int | None
     last_entropy: float | None
     error: str | None
+    """Why the search failed or stopped, as a message (a trace stays in the runner's log)."""
     progress: float
     """Share of the episode budget proposed so far, from 0 to 1."""
 
@@ -80,8 +89,8 @@ class SearchSummary(BaseModel):
     def from_record(cls, search: SearchRecord) -> "SearchSummary":
         budget = search.budget_episodes
         progress = min(1.0, search.num_episodes / budget) if budget else 0.0
-        fields = {name: getattr(search, name) for name in cls.model_fields if name != "progress"}
-        return cls(**fields, progress=progress)
+        fields = {name: getattr(search, name) for name in cls.model_fields if name not in ("progress", "error")}
+        return cls(**fields, progress=progress, error=error_message(search.error))
 
 
 class SearchDetail(SearchSummary):
@@ -115,10 +124,12 @@ class EpisodeSummary(BaseModel):
     finished_at: datetime | None
     train_seconds: float | None
     error: str | None
+    """Why the last attempt failed, as a message (the trace stays in the runner's log)."""
 
     @classmethod
     def from_record(cls, episode: EpisodeRecord) -> "EpisodeSummary":
-        return cls(**{name: getattr(episode, name) for name in cls.model_fields})
+        fields = {name: getattr(episode, name) for name in cls.model_fields if name != "error"}
+        return cls(**fields, error=error_message(episode.error))
 
 
 class EpisodeDetail(EpisodeSummary):
@@ -132,8 +143,8 @@ class EpisodeDetail(EpisodeSummary):
 
     @classmethod
     def from_record(cls, episode: EpisodeRecord, description: str) -> "EpisodeDetail":
-        fields = {name: getattr(episode, name) for name in cls.model_fields if name != "description"}
-        return cls(**fields, description=description)
+        fields = {name: getattr(episode, name) for name in cls.model_fields if name not in ("description", "error")}
+        return cls(**fields, description=description, error=error_message(episode.error))
 
 
 class EpisodePage(BaseModel):
@@ -189,3 +200,34 @@ class ConfigPreset(BaseModel):
     config: dict[str, Any] | None
     error: str | None
     """Why the file does not load as a search config (then ``config`` is null)."""
+
+
+TRACEBACK_HEADER = "Traceback (most recent call last):"
+
+
+def error_message(error: str | None) -> str | None:
+    """A stored error as a message: of a Python traceback, only the exception's own lines (the frames
+    name the server's files; the runner's log has them)."""
+    if error is None or TRACEBACK_HEADER not in error:
+        return error
+    lines = error.rstrip().splitlines()
+    frames = [number for number, line in enumerate(lines) if line.startswith('  File "')]
+    after = lines[frames[-1] + 1 :] if frames else lines[-1:]
+    return "\n".join(line for line in after if not line.startswith("    ")) or lines[-1]
+
+
+def nul_at(value: Any, where: str = "") -> str | None:
+    """The first place in a JSON value holding a NUL character (``config.proxy.dataset.root``), or None."""
+    if isinstance(value, str):
+        return (where or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in str(key):
+                return where or "body"
+            if (found := nul_at(item, f"{where}.{key}" if where else str(key))) is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := nul_at(item, f"{where}[{index}]")) is not None:
+                return found
+    return None

@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 
-from nas_service.api.deps import UNAUTHORIZED, Authorized, SearchId, Settings, Store, get_settings
+from nas_service.api.admission import check_fits, confined
+from nas_service.api.deps import CHANGE_CHECKS, CHANGE_REFUSED, SearchId, Settings, Store, get_settings
 from nas_service.api.schemas import Problem, SearchCreate, SearchDetail, SearchLaunch, SearchResume, SearchSummary
 from nas_errors import Conflict
 from nas_service.launcher import ACTIVE_STATUSES, check_resumable, create_search, request_stop, start_runner
-from nas_service.search_config import with_absolute_paths
 
 router = APIRouter(prefix="/api/searches", tags=["searches"])
 NOT_LAUNCHED: dict[int | str, dict[str, Any]] = {
@@ -27,14 +27,19 @@ def list_searches(store: Store, include_archived: bool = False) -> list[SearchSu
     "",
     response_model=SearchLaunch,
     status_code=status.HTTP_201_CREATED,
-    dependencies=Authorized,
-    responses={**UNAUTHORIZED, 409: {"model": Problem, "description": "The name is taken."}, **NOT_LAUNCHED},
+    dependencies=CHANGE_CHECKS,
+    responses={**CHANGE_REFUSED, 409: {"model": Problem, "description": "The name is taken."}, **NOT_LAUNCHED},
 )
 def start_search(
     body: SearchCreate, store: Store, settings: Annotated[Settings, Depends(get_settings)]
 ) -> SearchLaunch:
-    """Store a search from its config and, unless ``start`` is false, launch its runner as the CLI does."""
-    search = create_search(store, with_absolute_paths(body.config), body.name, default_stem="api")
+    """Store a search from its config and, unless ``start`` is false, launch its runner as the CLI does.
+
+    Every file the config names must lie in the server's data roots, and a trial must fit one node.
+    """
+    config = confined(body.config, settings.data_roots)
+    check_fits(config.resources, settings.ray_address)
+    search = create_search(store, config, body.name, default_stem="api")
     runner = start_runner(store, search, settings.store_url, settings.ray_address) if body.start else None
     return SearchLaunch(search=SearchSummary.from_record(store.get_search(search.id)), runner=runner)
 
@@ -47,9 +52,9 @@ def get_search(search_id: SearchId, store: Store) -> SearchDetail:
 @router.post(
     "/{search_id}/stop",
     response_model=SearchSummary,
-    dependencies=Authorized,
+    dependencies=CHANGE_CHECKS,
     responses={
-        **UNAUTHORIZED,
+        **CHANGE_REFUSED,
         404: {"model": Problem},
         409: {"model": Problem, "description": "The search is not running."},
     },
@@ -62,9 +67,9 @@ def stop_search(search_id: SearchId, store: Store) -> SearchSummary:
 @router.post(
     "/{search_id}/resume",
     response_model=SearchLaunch,
-    dependencies=Authorized,
+    dependencies=CHANGE_CHECKS,
     responses={
-        **UNAUTHORIZED,
+        **CHANGE_REFUSED,
         404: {"model": Problem},
         409: {"model": Problem, "description": "Completed, or running without force."},
         **NOT_LAUNCHED,
@@ -85,9 +90,9 @@ def resume_search(
 @router.post(
     "/{search_id}/archive",
     response_model=SearchSummary,
-    dependencies=Authorized,
+    dependencies=CHANGE_CHECKS,
     responses={
-        **UNAUTHORIZED,
+        **CHANGE_REFUSED,
         404: {"model": Problem},
         409: {"model": Problem, "description": "A runner may be working on it."},
     },
@@ -102,9 +107,9 @@ def archive_search(search_id: SearchId, store: Store) -> SearchSummary:
     "/{search_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    dependencies=Authorized,
+    dependencies=CHANGE_CHECKS,
     responses={
-        **UNAUTHORIZED,
+        **CHANGE_REFUSED,
         404: {"model": Problem},
         409: {"model": Problem, "description": "Running, or the confirmation does not match the name."},
     },

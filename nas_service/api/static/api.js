@@ -15,7 +15,8 @@ export async function getJson(path, signal) {
   return parse(response);
 }
 
-/** A state-changing request; on 401 asks for the token once, stores it and retries. */
+/** A state-changing request, always declared JSON (the server refuses changes that are not, so that
+ * no other site's form can make them); on 401 asks for the token once, stores it and retries. */
 export async function send(method, path, body) {
   let response = await request(method, path, body);
   if (response.status === 401) {
@@ -30,10 +31,9 @@ export async function send(method, path, body) {
 }
 
 function request(method, path, body) {
-  const headers = { Accept: "application/json" };
+  const headers = { Accept: "application/json", "Content-Type": "application/json" };
   const token = localStorage.getItem(TOKEN_KEY);
   if (token) headers.Authorization = `Bearer ${token}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
   return fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
 }
 
