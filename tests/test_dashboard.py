@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
+from urllib.parse import urlsplit
 from urllib.request import urlopen
 
 import pytest
@@ -100,7 +102,7 @@ def browser():
 
 @pytest.fixture
 def errors() -> list[str]:
-    """Console errors and uncaught exceptions of the test's tab."""
+    """Console errors (each with the URL it concerns, in brackets) and uncaught exceptions of the test's tab."""
     return []
 
 
@@ -111,7 +113,11 @@ def page(browser, errors):
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     expect.set_options(timeout=TIMEOUT_MS)
-    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    def console(message) -> None:
+        if message.type == "error":
+            errors.append(f"{message.text} [{message.location['url']}]")
+
+    page.on("console", console)
     page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
     yield page
     context.close()
@@ -154,14 +160,16 @@ def test_search_list_and_start_form(site, page, errors):
     # A config the server refuses: the form asks for the token once, then shows the API's detail.
     page.click("details summary")
     page.fill("textarea[name=config]", json.dumps({"controller": {"levels": "P3"}}))
-    page.click("button[type=submit]")
-    give_token(page)
+    with refused(page, 401, "/api/searches"):
+        page.click("button[type=submit]")
+    with refused(page, 422, "/api/searches"):
+        give_token(page)
     error = page.locator(".form-error")
     expect(error).to_contain_text("controller.levels")
     expect(error).to_contain_text("proxy")
     assert page.evaluate("localStorage.getItem('nas-fpn.token')") == TOKEN
-    assert len(site.get("/api/searches?include_archived=true")) == 2, "nothing was started"
-    assert_only_refusals(errors, 422)
+    assert len(site.get("/api/searches?include_archived=true")) == 2, "nothing was started"  # the two seeded
+    assert_only_refusals(errors, [(401, "/api/searches"), (422, "/api/searches")])
 
 
 def test_search_page_draws_charts_graphs_and_tables(site, page, errors, tmp_path):
@@ -177,7 +185,7 @@ def test_search_page_draws_charts_graphs_and_tables(site, page, errors, tmp_path
         chart = page.locator(f"[data-chart={name}]")
         expect(chart).to_have_attribute("data-points", str(points))
         box = chart.locator("canvas").bounding_box()
-        assert box["width"] > 300 and box["height"] > 100, (name, box)
+        assert box["width"] > 300 and box["height"] > 100, (name, box)  # drawn at a readable size, not collapsed
     unique = sum(series["first_of_architecture"])
     expect(page.locator("[data-note=unique]")).to_have_text(f"{unique} unique in {episodes} episodes")
     entropy_note = f"{series['entropy'][-1]:.3f} after {series['entropy_episodes'][-1]} episodes"
@@ -186,9 +194,9 @@ def test_search_page_draws_charts_graphs_and_tables(site, page, errors, tmp_path
     # Summary and tables: the first page of episodes and the top 10, formatted, with export links.
     expect(page.locator(".stats")).to_contain_text(f"{summary['best_reward']:.4f}")
     expect(page.locator(".stats")).to_contain_text(f"{episodes} / {EPISODES}")
-    expect(episode_rows(page)).to_have_count(20)
+    expect(episode_rows(page)).to_have_count(20)  # tables.js: 20 rows a page
     expect(page.locator(".page-info")).to_have_text(f"1–20 of {episodes}")
-    expect(episode_rows(page, "top")).to_have_count(10)
+    expect(episode_rows(page, "top")).to_have_count(10)  # tables.js: TOP_K
     first = episode_rows(page, "top").first
     expect(first).to_have_attribute("data-number", str(best["number"]))
     for text in (f"{best['reward']:.4f}", f"{best['flops'] / 1e9:.2f} G", best["arch_hash"][:10], best["description"]):
@@ -199,6 +207,7 @@ def test_search_page_draws_charts_graphs_and_tables(site, page, errors, tmp_path
     # Graphs: the best cell next to FPN.
     expect(page.locator("img.best-graph")).to_have_attribute("src", graph_path(sid, best["number"]))
     wait_loaded(page, "img.best-graph")
+    # The seeded search's controller levels (tests/seeding.py: LEVELS).
     expect(page.locator("img.fpn-graph")).to_have_attribute("src", "/api/architectures/fpn/graph.svg?levels=2,3,4,5,6")
     wait_loaded(page, "img.fpn-graph")
     keep_screenshot(page, tmp_path, "dashboard.png", full_page=True)
@@ -233,13 +242,16 @@ def test_episode_table_sorts_filters_and_pages(site, page, errors):
 
 def test_refused_action_shows_the_reason(site, page, errors):
     page.goto(f"{site.base}/#/searches/{site.running}")
-    page.click("[data-action=archive]")
-    give_token(page)
+    archive = f"/api/searches/{site.running}/archive"
+    with refused(page, 401, archive):
+        page.click("[data-action=archive]")
+    with refused(page, 409, archive):
+        give_token(page)
     expect(page.locator(".action-message")).to_have_text(
         f"search {site.running} is running; stop it before it can be archived"
     )
     assert not site.get(f"/api/searches/{site.running}")["archived"]
-    assert_only_refusals(errors, 409)
+    assert_only_refusals(errors, [(401, archive), (409, archive)])
 
 
 def test_live_update_and_episode_view(site, page, errors, tmp_path):
@@ -270,7 +282,7 @@ def test_live_update_and_episode_view(site, page, errors, tmp_path):
     expect(page.locator("#episode-title")).to_have_text(f"Episode {number}")
     assert page.url.endswith(f"#/searches/{sid}/episodes/{number}")
     expect(dialog).to_contain_text("0.9000")
-    expect(dialog).to_contain_text("1 min 35 s")
+    expect(dialog).to_contain_text("1 min 35 s")  # train_seconds=95.0 above
     wait_loaded(page, "#episode-dialog img.episode-graph")
     page.click("#episode-dialog .close")
     expect(dialog).to_be_hidden()
@@ -290,10 +302,23 @@ def give_token(page) -> None:
     page.click("#token-dialog button[value=ok]")
 
 
-def assert_only_refusals(errors: list[str], status: int) -> None:
-    """The browser logs refused requests as errors: only the 401 before the token and ``status`` may appear."""
-    expected = ["status of 401", f"status of {status}"]
-    assert len(errors) == 2 and all(any(text in error for text in expected) for error in errors), errors
+def refused(page, status: int, path: str):
+    """Within the block, wait for the console error the browser logs when a request to ``path`` is
+    refused with ``status`` (Chromium: "Failed to load resource: ... status of 401 ...")."""
+    return page.expect_console_message(
+        lambda message: message.type == "error"
+        and f"status of {status} " in message.text
+        and urlsplit(message.location["url"]).path == path
+    )
+
+
+def assert_only_refusals(errors: list[str], refusals: list[tuple[int, str]]) -> None:
+    """The tab's only console errors are the refused requests ``refusals`` ((status, path) each), each once."""
+    seen = []
+    for error in errors:
+        match = re.fullmatch(r"Failed to load resource: .*status of (\d{3}) .*\[(.+)\]", error)
+        seen.append((int(match.group(1)), urlsplit(match.group(2)).path) if match else error)
+    assert sorted(seen, key=str) == sorted(refusals, key=str), errors
 
 
 def graph_path(search_id: int, number: int) -> str:
