@@ -1,4 +1,8 @@
-"""A live terminal view of a running search, read from the episode store."""
+"""A live terminal view of a running search, read from the episode store.
+
+A database that does not answer is retried for a refresh period at a time: the view then says so and
+tries again at its next refresh, for as long as the runner waits for the store, instead of ending.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from nas_service.store import EpisodeStore, SearchRecord
+from nas_service.lifecycle import EpisodeStatus
+from nas_service.store import EpisodeStore, SearchRecord, StoreUnavailable
 
 REFRESH_SECONDS = 2.0
 
@@ -19,10 +24,10 @@ class SearchProgress:
     """Context manager that redraws episodes done / budget, running, failed, best reward and ETA."""
 
     def __init__(self, store: EpisodeStore, search_id: int) -> None:
-        self.store = store
+        self.store = store.with_patience(REFRESH_SECONDS)
         self.search_id = search_id
         self.started = time.monotonic()
-        self.done_at_start = store.get_search(search_id).num_episodes
+        self.done_at_start = store.get_search(search_id).num_episodes  # the runner's patience
         self._stop = threading.Event()
         self._live = Live(self._render(), console=Console(stderr=True), auto_refresh=False)
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -45,11 +50,20 @@ class SearchProgress:
             self._live.update(self._render(), refresh=True)
 
     def _render(self) -> Table:
+        try:
+            return self._table()
+        except StoreUnavailable as error:
+            table = Table(title=f"search {self.search_id}: the store does not answer")
+            table.add_column("retrying")
+            table.add_row(str(error))
+            return table
+
+    def _table(self) -> Table:
         search = self.store.get_search(self.search_id)
         table = Table(title=f"search {search.id} ({search.name}): {search.status}", show_header=True)
         for column in ("episodes", "running", "cached", "failed", "best reward", "ETA"):
             table.add_column(column, justify="right")
-        running = self.store.count_episodes(self.search_id, status="running")
+        running = self.store.count_episodes(self.search_id, status=EpisodeStatus.RUNNING)
         best = f"{search.best_reward:.4f}" if search.best_reward is not None else "-"
         table.add_row(
             f"{search.num_episodes}/{search.budget_episodes}",

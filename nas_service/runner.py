@@ -11,6 +11,13 @@ So after the runner dies at any point, ``resume`` restores the last checkpoint a
 step that may be half done: a pending proposal with no episode gets one; a finished episode whose
 proposal is still pending is reported; episodes that were running are re-run. Nothing completed is
 lost or reported twice.
+
+One runner works on a search at a time: it holds the search's lease (``nas_service.lease``) and
+passes the lease's token with every write, so a runner whose lease was taken over cannot write again;
+it stops. A store that does not answer is retried for the store's patience (every write is idempotent,
+see ``EpisodeStore``); after that the runner gives up and leaves the search resumable. SIGINT and
+SIGTERM stop the search cleanly: Tune's trials are stopped, their episodes put back to be trained
+again, and the search is left ``stopped``.
 """
 
 from __future__ import annotations
@@ -18,27 +25,35 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
 from collections import deque
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any, Callable
 
 import ray
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
 from controller import Controller
+from nas_errors import NasError, UserError
+from nas_service.lease import RunnerLease
+from nas_service.lifecycle import EpisodeStatus, SearchStatus
+from nas_service.preflight import check_dataset, check_resources
 from nas_service.search_config import SearchConfig
-from nas_service.store import Conflict, EpisodeStore, SearchRecord
+from nas_service.store import EpisodeStore, LeaseLost, SearchRecord, StoreUnavailable
 from proxy_trainer import ProxyConfig, train_proxy
 from search_spaces.architecture import Architecture
 
 CHECKPOINTS_KEPT = 3
-RUNNABLE = ("created", "running", "stopped", "failed", "completed")
-"""A runner starts from any status but stopping: a stop asked for before it started is honoured."""
 FINISHED = Searcher.FINISHED
+STOP_POLL_SECONDS = 1.0
+"""How often, at most, the Tune loop reads whether a stop was asked for."""
 
 
 def proxy_trial(config: dict[str, Any]) -> None:
@@ -51,24 +66,88 @@ def proxy_trial(config: dict[str, Any]) -> None:
         tune.report({"episode": config["episode"], "worker": worker, "exception": traceback.format_exc()})
 
 
-class SearchRun:
-    """The driver's state of one search: its controller, retry queue and budgets."""
+class CheckpointError(UserError):
+    """The search's stored controller checkpoint does not load (written by an incompatible version?)."""
 
-    def __init__(self, store: EpisodeStore, search_id: int) -> None:
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: the search was stopped cleanly (a ``BaseException``, like ``KeyboardInterrupt``,
+    so that no ``except Exception`` on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+class StopSignals:
+    """SIGINT and SIGTERM (what docker, systemd and Kubernetes send) stop the search.
+
+    Inside the Tune loop (``deferred``) a signal is only noted, and the loop stops at its next step;
+    anywhere else, or the second time, it raises ``Interrupted`` at once. A context manager that
+    installs its handler (again with ``install``, after ``ray.init`` replaced Ray's) and restores
+    the previous ones; in a thread other than the main one, signals stay as they are.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.deferred = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                previous = signal.signal(signum, self._handle)
+                self._previous.setdefault(signum, previous)
+
+    def __enter__(self) -> StopSignals:
+        self.install()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        first = self.received is None
+        self.received = self.received or signum
+        if not (first and self.deferred):
+            raise Interrupted(self.received)
+
+
+class SearchRun:
+    """The driver's state of one search: its controller, retry queue, trials in flight and budgets."""
+
+    def __init__(self, store: EpisodeStore, search_id: int, lease: RunnerLease, signals: StopSignals) -> None:
         self.store = store
+        self.lease = lease
+        self.signals = signals
         self.search = store.get_search(search_id)
         self.config = SearchConfig.model_validate(self.search.config)
         self.queue: deque[int] = deque()
-        self.in_flight = 0
+        self.trials: dict[str, int] = {}
+        """Tune trial id -> episode number, for trials whose result is not recorded yet."""
+        self.started: set[str] = set()
+        """Trials that Ray has started; the others wait for resources."""
+        self.abort: LeaseLost | StoreUnavailable | None = None
+        """Met in a Tune callback: the runner stops working on the search."""
+        self._stop_asked = (0.0, False)
         self.entropy: float | None = self.search.last_entropy
         checkpoint = store.latest_checkpoint(search_id)
         if checkpoint is None:
             self.controller = Controller(self.config.controller)
             self.checkpoint_number = -1
         else:
-            self.controller = Controller.from_bytes(checkpoint.state)
+            self.controller = _restore(checkpoint.state, search_id, checkpoint.update_number)
             self.checkpoint_number = checkpoint.update_number
         self._repair()
+
+    @property
+    def token(self) -> str:
+        return self.lease.token
 
     # -- recovery ----------------------------------------------------------------------------------
 
@@ -80,22 +159,28 @@ class SearchRun:
             episode = by_proposal.get(proposal.id)
             if episode is None:
                 arch = self.controller.space.architecture(proposal.decisions)
-                self.store.add_episode(search_id, proposal.id, arch.to_dict(), arch.canonical_hash())
-            elif episode.status in ("completed", "cached"):
+                self.store.add_episode(search_id, proposal.id, arch.to_dict(), arch.canonical_hash(), lease=self.token)
+            elif episode.status in (EpisodeStatus.COMPLETED, EpisodeStatus.CACHED):
                 self._report(proposal.id, episode.reward)
-            elif episode.status == "failed" and episode.attempts > self.config.failures.max_retries:
+            elif episode.status == EpisodeStatus.FAILED and episode.attempts > self.config.failures.max_retries:
                 self._report(proposal.id, self.config.failures.penalty_reward)
-            elif episode.status == "failed":
-                self.store.requeue_episode(search_id, episode.number)  # died between fail and retry
+            elif episode.status == EpisodeStatus.FAILED:
+                self.store.requeue_episode(search_id, episode.number, lease=self.token)  # died between fail and retry
         for episode in self.store.unfinished_episodes(search_id):
-            if episode.status == "running":  # the runner died, not the trial: no attempt used
-                self.store.requeue_episode(search_id, episode.number, refund_attempt=True)
+            if episode.status == EpisodeStatus.RUNNING:  # the runner died, not the trial: no attempt used
+                self.store.requeue_episode(search_id, episode.number, refund_attempt=True, lease=self.token)
             self.queue.append(episode.number)
+
+    def cancel_unfinished(self) -> None:
+        """Put the episodes of trials stopped before their result back to ``proposed``, attempt refunded."""
+        for trial_id, number in list(self.trials.items()):
+            self.store.requeue_episode(self.search.id, number, refund_attempt=True, lease=self.token)
+            del self.trials[trial_id]
 
     # -- proposing -------------------------------------------------------------------------------
 
-    def next_episode(self, worker: str) -> int | str | None:
-        """The episode number to train next, ``None`` for "not yet", or ``FINISHED``.
+    def next_episode(self, trial_id: str) -> int | str | None:
+        """The episode number for ``trial_id`` to train, ``None`` for "not yet", or ``FINISHED``.
 
         Retries and episodes left over from a crash come first; then new proposals. Either is served
         from the cache instead when its architecture already has a reward in this search.
@@ -106,11 +191,11 @@ class SearchRun:
             number = self.queue.popleft() if self.queue else self._propose()
             if number is None:
                 # A running trial may still fail and queue a retry: finish only when none is running.
-                return FINISHED if self.in_flight == 0 else None
+                return FINISHED if not self.trials else None
             if not self._answer_from_cache(number):
                 break
-        self.store.start_episode(self.search.id, number, worker)
-        self.in_flight += 1
+        self.store.start_episode(self.search.id, number, f"ray-trial-{trial_id}", lease=self.token)
+        self.trials[trial_id] = number
         return number
 
     def _propose(self) -> int | None:
@@ -119,7 +204,10 @@ class SearchRun:
             return None
         proposal, arch = self.controller.propose()
         self._checkpoint()
-        return self.store.add_episode(self.search.id, proposal.id, arch.to_dict(), arch.canonical_hash()).number
+        episode = self.store.add_episode(
+            self.search.id, proposal.id, arch.to_dict(), arch.canonical_hash(), lease=self.token
+        )
+        return episode.number
 
     def _answer_from_cache(self, number: int) -> bool:
         """Record the episode as ``cached`` if its architecture was trained before in this search."""
@@ -128,7 +216,7 @@ class SearchRun:
         if cached is None:
             return False
         self.store.record_cached(
-            self.search.id, number, cached.reward, cached.metrics, cached.flops, cached.params
+            self.search.id, number, cached.reward, cached.metrics, cached.flops, cached.params, lease=self.token
         )
         self._report(episode.proposal_id, cached.reward)
         return True
@@ -138,20 +226,41 @@ class SearchRun:
         budget = self.config.budget
         if search.num_episodes >= budget.episodes:
             return True
-        if budget.unique is not None and search.num_unique + self.in_flight >= budget.unique:
+        if budget.unique is not None and search.num_unique + len(self.trials) >= budget.unique:
             return True
         if budget.seconds is not None and search.started_at is not None:
             return time.time() - search.started_at.timestamp() >= budget.seconds
         return False
 
     def _should_stop(self) -> bool:
-        return self.store.get_search(self.search.id).status == "stopping"
+        return self.store.get_search(self.search.id).status == SearchStatus.STOPPING
+
+    def should_abort(self) -> bool:
+        """Whether Tune must stop all trials now: after a signal, when the lease or the store is lost,
+        or when a stop was asked for and no trial is running (trials waiting for resources that may
+        never come are cancelled; running ones finish first)."""
+        if self.signals.received is not None or self.abort is not None or self.lease.lost is not None:
+            return True
+        if not self.trials or self.started & self.trials.keys():
+            return False
+        checked_at, asked = self._stop_asked
+        if time.monotonic() - checked_at >= STOP_POLL_SECONDS:
+            try:
+                asked = self._should_stop()
+            except StoreUnavailable as error:
+                self.abort = error
+                return True
+            self._stop_asked = (time.monotonic(), asked)
+        return asked
 
     # -- results ---------------------------------------------------------------------------------
 
-    def finish_episode(self, number: int, result: dict[str, Any] | None) -> None:
+    def finish_episode(self, trial_id: str, result: dict[str, Any] | None) -> None:
         """Record a trial's outcome; retry failures up to the configured number of times."""
-        self.in_flight -= 1
+        number = self.trials.pop(trial_id, None)
+        self.started.discard(trial_id)
+        if number is None:
+            return
         search_id = self.search.id
         episode = self.store.get_episode(search_id, number)
         outcome = _outcome(result)
@@ -172,17 +281,18 @@ class SearchRun:
             params=outcome["neck_params"],
             train_seconds=outcome["wall_time"],
             worker=result["worker"],
+            lease=self.token,
         )
         self._report(episode.proposal_id, reward)
 
     def _fail(self, number: int, proposal_id: int, attempts: int, error: str) -> None:
         failures = self.config.failures
         if attempts <= failures.max_retries:
-            self.store.fail_episode(self.search.id, number, error)
-            self.store.requeue_episode(self.search.id, number)
+            self.store.fail_episode(self.search.id, number, error, lease=self.token)
+            self.store.requeue_episode(self.search.id, number, lease=self.token)
             self.queue.append(number)
             return
-        self.store.fail_episode(self.search.id, number, error, reward=failures.penalty_reward)
+        self.store.fail_episode(self.search.id, number, error, reward=failures.penalty_reward, lease=self.token)
         self._report(proposal_id, failures.penalty_reward)
 
     def _report(self, proposal_id: int, reward: float | None) -> None:
@@ -200,7 +310,19 @@ class SearchRun:
             self.controller.to_bytes(),
             entropy=entropy,
             keep_last=CHECKPOINTS_KEPT,
+            lease=self.token,
         )
+
+
+def _restore(state: bytes, search_id: int, update_number: int) -> Controller:
+    try:
+        return Controller.from_bytes(state)
+    except Exception as error:  # torch.load and the state dict raise many kinds; the first line says which
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CheckpointError(
+            f"search {search_id}: controller checkpoint {update_number} does not load ({type(error).__name__}: "
+            f"{reason})"
+        ) from error
 
 
 def _outcome(result: dict[str, Any] | None) -> dict[str, Any] | str:
@@ -221,12 +343,15 @@ def _finite(metrics: dict[str, float]) -> dict[str, float | None]:
 
 
 class ControllerSearcher(Searcher):
-    """Ray Tune's view of a ``SearchRun``: suggestions are the controller's proposals."""
+    """Ray Tune's view of a ``SearchRun``: suggestions are the controller's proposals.
+
+    A lost lease or an unreachable store met here ends the run (``SearchRun.abort``) instead of
+    raising into Tune's loop.
+    """
 
     def __init__(self, run: SearchRun) -> None:
         super().__init__()
         self.run = run
-        self.trials: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its search algorithm for its own experiment checkpoints, which this project
@@ -234,11 +359,14 @@ class ControllerSearcher(Searcher):
         return {key: value for key, value in self.__dict__.items() if key != "run"}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        number = self.run.next_episode(worker=f"ray-trial-{trial_id}")
-        if number is None or number == FINISHED:
-            return number
-        episode = self.run.store.get_episode(self.run.search.id, number)
-        self.trials[trial_id] = number
+        try:
+            number = self.run.next_episode(trial_id)
+            if number is None or number == FINISHED:
+                return number
+            episode = self.run.store.get_episode(self.run.search.id, number)
+        except (LeaseLost, StoreUnavailable) as error:
+            self.run.abort = error
+            return FINISHED
         return {
             "episode": number,
             "architecture": episode.architecture,
@@ -246,9 +374,30 @@ class ControllerSearcher(Searcher):
         }
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        number = self.trials.pop(trial_id, None)
-        if number is not None:
-            self.run.finish_episode(number, None if error else result)
+        try:
+            self.run.finish_episode(trial_id, None if error else result)
+        except (LeaseLost, StoreUnavailable) as problem:
+            self.run.abort = problem
+
+
+class _RunWatch(tune.Callback, tune.Stopper):
+    """Notes which trials Ray has started, and stops every trial when ``SearchRun.should_abort``."""
+
+    def __init__(self, run: SearchRun) -> None:
+        self.run = run
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its run config too (see ``ControllerSearcher.__getstate__``)."""
+        return {}
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.run.started.add(trial.trial_id)
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.run.should_abort()
 
 
 def run_search(
@@ -257,29 +406,68 @@ def run_search(
     ray_address: str | None = None,
     storage: Path | None = None,
     trainable: Callable[[dict[str, Any]], None] = proxy_trial,
+    lease: RunnerLease | None = None,
 ) -> SearchRecord:
     """Run (or continue) a search until its budget is spent or it is asked to stop.
 
-    ``ray_address`` (or ``RAY_ADDRESS``) joins an existing cluster; otherwise a local Ray starts.
-    ``storage`` is where Ray Tune keeps its trial folders (shared storage on a cluster).
-    ``trainable`` replaces the proxy training, e.g. to measure the search's own overhead.
+    ``lease`` is this process's hold on the search; without one it is taken here (``Conflict`` while
+    a live runner holds the search). ``ray_address`` (or ``RAY_ADDRESS``) joins an existing cluster;
+    otherwise a local Ray starts. ``storage`` is where Ray Tune keeps its trial folders (shared
+    storage on a cluster). ``trainable`` replaces the proxy training, e.g. to measure the search's
+    own overhead.
+
+    Raises ``LeaseLost`` when another runner took the search over (nothing more is written),
+    ``StoreUnavailable`` when the store did not answer for its patience (the search is left
+    resumable), ``Interrupted`` after SIGINT or SIGTERM (the search is left ``stopped``), and any
+    error that failed the search (checks before the first episode included).
     """
+    lease = lease or RunnerLease.acquire(store, search_id)
+    with lease, StopSignals() as signals:
+        try:
+            if store.get_search(search_id).status == SearchStatus.STOPPING:
+                # Asked to stop between the runner's launch and now: nothing to run or finish.
+                return store.set_search_status(search_id, SearchStatus.STOPPED, lease=lease.token)
+            return _run(store, search_id, lease, signals, ray_address, storage, trainable)
+        except LeaseLost:
+            raise
+        except StoreUnavailable as error:
+            raise _left_resumable(store, search_id, lease, error) from error
+        except Interrupted as interrupt:
+            store.set_search_status(
+                search_id, SearchStatus.STOPPED, error=f"{interrupt}; resume it to continue", lease=lease.token
+            )
+            raise
+        except BaseException as error:
+            why = str(error) if isinstance(error, NasError) else f"{type(error).__name__}: {error}"
+            store.set_search_status(search_id, SearchStatus.FAILED, error=why, lease=lease.token)
+            raise
+
+
+def _run(
+    store: EpisodeStore,
+    search_id: int,
+    lease: RunnerLease,
+    signals: StopSignals,
+    ray_address: str | None,
+    storage: Path | None,
+    trainable: Callable[[dict[str, Any]], None],
+) -> SearchRecord:
+    """Check, then run the Tune loop; returns the search ``completed`` or ``stopped``."""
+    # A checkpoint that does not load or a dataset that cannot serve fails the search before Ray starts.
+    run = SearchRun(store, search_id, lease, signals)
+    check_dataset(run.config.proxy.dataset)
+    resources = run.config.resources
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT reaches StopSignals
     try:
-        store.set_search_status(search_id, "running", expected=RUNNABLE)
-    except Conflict:  # asked to stop between the runner's launch and now: nothing to run or finish
-        return store.set_search_status(search_id, "stopped")
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C reaches us, and the search is marked stopped
-    try:
-        # Inside the try: a checkpoint that does not load or a cluster that does not answer marks the
-        # search failed instead of leaving it running with no runner.
-        run = SearchRun(store, search_id)
-        resources = run.config.resources
         ray.init(
             address=ray_address or os.environ.get("RAY_ADDRESS"),
             ignore_reinit_error=True,
             include_dashboard=False,
             log_to_driver=False,
         )
+        signals.install()  # ray.init set its own SIGTERM handler (exit at once)
+        check_resources(resources, ray.nodes())
+        watch = _RunWatch(run)
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial}),
             tune_config=tune.TuneConfig(
@@ -292,16 +480,40 @@ def run_search(
                 name=f"search-{search_id}",
                 storage_path=str((storage or Path("data/ray")).resolve()),
                 verbose=0,
+                stop=watch,
+                callbacks=[watch],
             ),
         )
-        tuner.fit()
-    except KeyboardInterrupt:
-        store.set_search_status(search_id, "stopped", error="interrupted; resume it to continue")
-        raise
-    except BaseException as error:
-        store.set_search_status(search_id, "failed", error=f"{type(error).__name__}: {error}")
-        raise
+        signals.deferred = True
+        try:
+            tuner.fit()
+        finally:
+            signals.deferred = False
     finally:
         ray.shutdown()
+    problem = lease.lost or run.abort
+    if problem is not None:
+        raise problem
+    run.cancel_unfinished()
+    if signals.received is not None:
+        raise Interrupted(signals.received)
     finished = run.budget_spent() and not store.unfinished_episodes(search_id)
-    return store.set_search_status(search_id, "completed" if finished else "stopped")
+    status = SearchStatus.COMPLETED if finished else SearchStatus.STOPPED
+    return store.set_search_status(search_id, status, lease=lease.token)
+
+
+def _left_resumable(
+    store: EpisodeStore, search_id: int, lease: RunnerLease, error: StoreUnavailable
+) -> StoreUnavailable:
+    """The store did not answer for its whole patience: record why if it answers now (one try), and
+    say how to go on. Either way the search stays resumable: stopped, or held by an expiring lease."""
+    try:
+        store.with_patience(0).set_search_status(
+            search_id, SearchStatus.STOPPED, error=f"{error}; resume it to continue", lease=lease.token
+        )
+    except (LeaseLost, StoreUnavailable):
+        pass
+    return StoreUnavailable(
+        f"{error}. Search {search_id} is left resumable: `nas search resume {search_id}` once the store "
+        f"answers (this runner's lease expires {lease.seconds:g} s after its last heartbeat)"
+    )

@@ -121,10 +121,10 @@ def test_search_crud_and_errors(store):
 
     with pytest.raises(Conflict, match="a search named 's1' already exists"):
         store.create_search("s1", {})
-    with pytest.raises(Conflict, match=f"search {search.id} is created, not running or stopped"):
-        store.set_search_status(search.id, "stopping", expected=("stopped", "running"))
-    assert store.get_search(search.id).status == "created"  # a refused compare-and-set changes nothing
-    claimed = store.set_search_status(search.id, "running", expected=("created",))
+    with pytest.raises(Conflict, match=f"search {search.id} is created; it cannot become stopping"):
+        store.set_search_status(search.id, "stopping")  # only moves of nas_service.lifecycle are allowed
+    assert store.get_search(search.id).status == "created"  # a refused move changes nothing
+    claimed = store.set_search_status(search.id, "running")
     assert claimed.status == "running" and claimed.started_at is not None
     store.set_search_status(search.id, "created")
     with pytest.raises(SearchNotFound) as missing:

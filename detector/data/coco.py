@@ -1,8 +1,9 @@
 """COCO-format detection datasets (COCO, Objects365 v1/v2), validated once and served as tensors.
 
 Every record is checked when the file is read, so a bad annotation fails at start-up with the file,
-list index and field named, not hours into training. Images missing on disk are skipped and boxes
-that cannot be trained on are dropped or clipped, each reported once with counts.
+list index and field named, not hours into training. Images missing on disk, empty or not readable as
+images are skipped and boxes that cannot be trained on are dropped or clipped, each reported once with
+counts.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class LoadReport:
     num_images: int
     num_missing_images: int
     missing_examples: list[str]
+    num_unreadable_images: int
+    """Listed images on disk that are empty or not an image PIL can read (e.g. an HTML error page)."""
+    unreadable_examples: list[str]
     num_boxes: int
     num_dropped_boxes: int
     num_clipped_boxes: int
@@ -103,12 +107,14 @@ class CocoDetection(torch.utils.data.Dataset):
         self.category_id_to_label = {cat["id"]: label for label, cat in enumerate(self.categories, 1)}
         self.label_to_category_id = {label: cat_id for cat_id, label in self.category_id_to_label.items()}
         self.class_names: list[str] = [cat["name"] for cat in self.categories]
-        missing = self._locate_images(parsed.images, rewrite_objects365_v2_paths)
+        missing, unreadable = self._locate_images(parsed.images, rewrite_objects365_v2_paths)
         num_dropped, num_clipped, num_crowd = self._build_targets(parsed.annotations)
         self.report = LoadReport(
             num_images=len(self._images),
             num_missing_images=len(missing),
             missing_examples=missing[:_MAX_EXAMPLES],
+            num_unreadable_images=len(unreadable),
+            unreadable_examples=unreadable[:_MAX_EXAMPLES],
             num_boxes=len(self._boxes),
             num_dropped_boxes=num_dropped,
             num_clipped_boxes=num_clipped,
@@ -172,9 +178,10 @@ class CocoDetection(torch.utils.data.Dataset):
 
     # -- construction --------------------------------------------------------------------------------
 
-    def _locate_images(self, images: list[dict[str, Any]], rewrite_v2: bool) -> list[str]:
-        """Resolve paths and keep the images on disk, listing each folder once instead of a ``stat``
-        per image (much faster on network file systems with 10^6 images); returns the missing names."""
+    def _locate_images(self, images: list[dict[str, Any]], rewrite_v2: bool) -> tuple[list[str], list[str]]:
+        """Resolve paths and keep the images on disk that read as images, listing each folder once
+        instead of a ``stat`` per image (much faster on network file systems with 10^6 images) and
+        reading only the header of the ones present; returns the missing and the unreadable names."""
         paths = [
             objects365_v2_path(self.image_root, image["file_name"])
             if rewrite_v2
@@ -182,16 +189,25 @@ class CocoDetection(torch.utils.data.Dataset):
             for image in images
         ]
         present = _present(paths)
-        self._images = [image for image, ok in zip(images, present) if ok]
-        self._paths = [path for path, ok in zip(paths, present) if ok]
+        readable = [ok and _readable(path) for path, ok in zip(paths, present)]
+        self._images = [image for image, ok in zip(images, readable) if ok]
+        self._paths = [path for path, ok in zip(paths, readable) if ok]
         missing = [image["file_name"] for image, ok in zip(images, present) if not ok]
+        unreadable = [image["file_name"] for image, ok, good in zip(images, present, readable) if ok and not good]
+        problems = []
         if missing:
-            warnings.warn(
-                f"{self.ann_file}: {len(missing)} of {len(images)} listed images are missing under "
-                f"{self.image_root} and are skipped, e.g. {missing[:_MAX_EXAMPLES]}",
-                stacklevel=3,
+            problems.append(
+                f"{len(missing)} of {len(images)} listed images are missing under {self.image_root}, "
+                f"e.g. {missing[:_MAX_EXAMPLES]}"
             )
-        return missing
+        if unreadable:
+            problems.append(
+                f"{len(unreadable)} of {len(images)} listed images are empty or not readable as images, "
+                f"e.g. {unreadable[:_MAX_EXAMPLES]}"
+            )
+        if problems:
+            warnings.warn(f"{self.ann_file}: {'; '.join(problems)}; they are skipped", stacklevel=3)
+        return missing, unreadable
 
     def _build_targets(self, annotations: list[dict[str, Any]]) -> tuple[int, int, int]:
         """Boxes (xyxy, clipped), labels and crowd flags of the kept images in flat arrays grouped
@@ -266,13 +282,25 @@ def _present(paths: list[Path]) -> list[bool]:
     return [path.name in listings[path.parent] for path in paths]
 
 
+def _readable(path: Path) -> bool:
+    """PIL recognises the file as an image from its header (a 0-byte file or an HTML page it does not)."""
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
+        return False
+
+
 def _load_rgb(path: Path, info: dict[str, Any], ann_file: Path) -> Tensor:
     """RGB float32 [3, H, W] in [0, 1]; grayscale, palette and RGBA images are converted.
 
     A size that disagrees with the annotation file would silently misplace every box, so it fails.
     """
-    with Image.open(path) as image:
-        rgb = np.array(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            rgb = np.array(image.convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as error:  # e.g. a truncated file
+        raise DatasetError(f"{path}: cannot decode image id {info['id']} of {ann_file}: {error}") from None
     height, width = rgb.shape[:2]
     if (width, height) != (info["width"], info["height"]):
         raise DatasetError(

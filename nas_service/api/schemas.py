@@ -7,11 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from nas_service.lifecycle import EpisodeStatus, SearchStatus
 from nas_service.search_config import SearchConfig, stored_reward_metric
 from nas_service.store import EpisodeRecord, SearchRecord
-
-SearchStatus = Literal["created", "running", "stopping", "stopped", "completed", "failed"]
-EpisodeStatus = Literal["proposed", "running", "completed", "failed", "cached"]
 
 
 class FieldProblem(BaseModel):
@@ -54,13 +52,6 @@ class SearchCreate(BaseModel):
     """Launch the runner right away (false: only store the search; resume it later)."""
 
 
-class SearchResume(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    force: bool = False
-    """Resume a search marked running or stopping whose runner died."""
-
-
 class SearchSummary(BaseModel):
     id: int
     name: str
@@ -80,6 +71,11 @@ class SearchSummary(BaseModel):
     best_reward: float | None
     best_episode_number: int | None
     last_entropy: float | None
+    lease_owner: str | None
+    """The runner that holds the search (``host:pid``), while one does."""
+    lease_heartbeat_at: datetime | None
+    lease_expires_at: datetime | None
+    """Without a heartbeat by then, the runner is taken for dead and a resume takes the search over."""
     error: str | None
     """Why the search failed or stopped, as a message (a trace stays in the runner's log)."""
     progress: float

@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 
 from nas_service.cli.common import DB_OPTION, RAY_OPTION, open_store, store_url
-from nas_service.launcher import check_resumable, claim, create_search, request_stop, start_runner
+from nas_service.launcher import create_search, start_runner
+from nas_service.lease import RunnerLease
+from nas_service.lifecycle import SearchStatus, store_patience
 from nas_service.search_config import load_search_config
 from nas_service.store import EpisodeStore, SearchRecord
 from search_spaces import Architecture
@@ -20,23 +22,34 @@ DETACH_OPTION = typer.Option(False, "--detach", help="Run in the background; the
 def _run(
     store: EpisodeStore, search: SearchRecord, db: Optional[str], ray_address: Optional[str], detach: bool
 ) -> None:
-    """Claim ``search`` from the status the caller checked, then run it here or in the background."""
+    """Take ``search`` for a runner (refused while a live runner holds it), here or in the background."""
     if detach:
         where = start_runner(store, search, store_url(db), ray_address)
         typer.echo(f"search {search.id} running in the background ({where})")
         return
-    claim(store, search)
-    _run_claimed(store, search.id, ray_address)
+    _run_here(store, RunnerLease.acquire(store, search.id), ray_address)
 
 
-def _run_claimed(store: EpisodeStore, search_id: int, ray_address: Optional[str]) -> None:
+def _run_here(store: EpisodeStore, lease: RunnerLease, ray_address: Optional[str]) -> None:
+    """Run the search held by ``lease`` in this process, with the live progress display."""
     # Imported here: Ray and the runner add a second to the start-up of every other command.
     from nas_service.progress import SearchProgress
-    from nas_service.runner import run_search
+    from nas_service.runner import Interrupted, run_search
 
-    with SearchProgress(store, search_id):
-        search = run_search(store, search_id, ray_address=ray_address)
+    try:
+        with SearchProgress(store, lease.search_id):
+            search = run_search(store, lease.search_id, ray_address=ray_address, lease=lease)
+    except Interrupted as interrupt:
+        typer.echo(
+            f"search {lease.search_id} {interrupt}; resume it with `nas search resume {lease.search_id}`", err=True
+        )
+        raise typer.Exit(128 + interrupt.signum) from None
     _print_summary(store, search.id, top=5)
+
+
+def _runner_store(db: Optional[str], create: bool = False) -> EpisodeStore:
+    """The store of a runner: it waits out a database outage of up to ``$NAS_STORE_PATIENCE`` seconds."""
+    return open_store(db, create=create).with_patience(store_patience())
 
 
 @search_app.command("start")
@@ -49,7 +62,7 @@ def search_start(
 ) -> None:
     """Create a search from a config and run it, with a live progress display."""
     config = load_search_config(config_path)
-    store = open_store(db, create=True)
+    store = _runner_store(db, create=True)
     search = create_search(store, config, name, default_stem=config_path.stem)
     typer.echo(f"search {search.id} ({search.name}) created")
     _run(store, search, db, ray_address, detach)
@@ -61,25 +74,25 @@ def search_resume(
     db: Optional[str] = DB_OPTION,
     ray_address: Optional[str] = RAY_OPTION,
     detach: bool = DETACH_OPTION,
-    force: bool = typer.Option(False, "--force", help="Resume a search marked running or stopping, whose runner died."),
-    claimed: bool = typer.Option(False, "--claimed", hidden=True, help="Internal: the launcher claimed the search."),
+    lease: Optional[str] = typer.Option(None, "--lease", hidden=True, help="Internal: the lease taken for this runner."),
 ) -> None:
-    """Continue a stopped, failed or killed search from the store."""
-    store = open_store(db)
-    if claimed:  # launched by start_runner, which already checked and claimed it; a stop since is honoured
-        _run_claimed(store, search_id, ray_address)
+    """Continue a search that is stopped, failed, or whose runner died (its lease expired)."""
+    store = _runner_store(db)
+    if lease is not None:  # launched by start_runner, which took the lease for it; a stop since is honoured
+        _run_here(store, RunnerLease.adopt(store, search_id, lease), ray_address)
         return
-    search = store.get_search(search_id)
-    check_resumable(search, force)
-    _run(store, search, db, ray_address, detach)
+    _run(store, store.get_search(search_id), db, ray_address, detach)
 
 
 @search_app.command("stop")
 def search_stop(search_id: int = typer.Argument(..., help="Search id."), db: Optional[str] = DB_OPTION) -> None:
     """Ask a running search to stop: no new episodes; running ones finish and are recorded."""
     store = open_store(db)
-    request_stop(store, search_id)
-    typer.echo(f"search {search_id} is stopping; resume it with `nas search resume {search_id}`")
+    search = store.request_stop(search_id)
+    if search.status == SearchStatus.STOPPED:
+        typer.echo(f"search {search_id} stopped: {search.error}; resume it with `nas search resume {search_id}`")
+    else:
+        typer.echo(f"search {search_id} is stopping; resume it with `nas search resume {search_id}`")
 
 
 @search_app.command("list")
@@ -114,6 +127,11 @@ def _print_summary(store: EpisodeStore, search_id: int, top: int) -> None:
         f"episodes {search.num_episodes}/{search.budget_episodes}: {search.num_completed} trained, "
         f"{search.num_cached} cached, {search.num_failed} failed, {search.num_unique} unique architectures"
     )
+    if search.lease_owner is not None:
+        typer.echo(
+            f"runner: {search.lease_owner}, last heartbeat {search.lease_heartbeat_at:%Y-%m-%d %H:%M:%S} UTC; "
+            f"taken for dead without one by {search.lease_expires_at:%H:%M:%S} UTC"
+        )
     if search.error:
         typer.echo(f"error: {search.error}")
     for rank, episode in enumerate(store.top_episodes(search_id, top), 1):

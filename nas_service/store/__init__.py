@@ -4,13 +4,20 @@
 (``postgresql+psycopg://...``), upgrading the schema with the Alembic revisions shipped here.
 """
 
-from nas_service.store.errors import Conflict, EpisodeNotFound, NotFound, SearchNotFound, StoreError, StoreUnavailable
+from nas_service.store.errors import (
+    Conflict,
+    EpisodeNotFound,
+    LeaseLost,
+    NotFound,
+    SearchNotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from nas_service.store.migrate import upgrade_database
 from nas_service.store.schema import EPISODE_STATUSES, SEARCH_STATUSES
 from nas_service.store.storage import (
     EPISODE_SORTS,
     INT32_MAX,
-    UNFINISHED_STATUSES,
     CheckpointRecord,
     EntropyPoint,
     EpisodeRecord,
@@ -24,13 +31,13 @@ __all__ = [
     "EPISODE_SORTS",
     "EPISODE_STATUSES",
     "INT32_MAX",
-    "UNFINISHED_STATUSES",
     "SEARCH_STATUSES",
     "CheckpointRecord",
     "EntropyPoint",
     "EpisodeNotFound",
     "EpisodeRecord",
     "EpisodeStore",
+    "LeaseLost",
     "NotFound",
     "SearchNotFound",
     "SearchRecord",

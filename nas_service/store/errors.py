@@ -28,5 +28,9 @@ class Conflict(nas_errors.Conflict, StoreError):
     """A write that clashes with what is stored: a taken name, a repeated checkpoint, a finished episode."""
 
 
+class LeaseLost(Conflict):
+    """A runner's write refused: its lease on the search was taken over (it had expired) or released."""
+
+
 class StoreUnavailable(nas_errors.Unavailable, StoreError):
     """The database did not answer (down, unreachable, refusing the connection)."""

@@ -31,8 +31,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SEARCH_STATUSES = ("created", "running", "stopping", "stopped", "completed", "failed")
-EPISODE_STATUSES = ("proposed", "running", "completed", "failed", "cached")
+from nas_service.lifecycle import EpisodeStatus, SearchStatus
+
+SEARCH_STATUSES = tuple(SearchStatus)
+EPISODE_STATUSES = tuple(EpisodeStatus)
 
 
 def utcnow() -> datetime:
@@ -107,6 +109,12 @@ class SearchModel(Base):
     best_reward: Mapped[float | None] = mapped_column(Float)
     best_episode_number: Mapped[int | None] = mapped_column(Integer)
     last_entropy: Mapped[float | None] = mapped_column(Float)
+    # The runner's lease (migration 0003): all null while no runner holds the search.
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_acquired_at: Mapped[datetime | None]
+    lease_heartbeat_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
 
 
 class EpisodeModel(Base):
@@ -116,6 +124,7 @@ class EpisodeModel(Base):
         Index("ix_episodes_search_id_status", "search_id", "status"),
         Index("ix_episodes_search_id_arch_hash", "search_id", "arch_hash"),
         Index("ix_episodes_search_id_reward", "search_id", "reward"),
+        Index("ix_episodes_search_id_proposal_id", "search_id", "proposal_id"),
         _status_check(EPISODE_STATUSES),
     )
 

@@ -18,7 +18,8 @@ from nas_service.api.schemas import (
     Series,
 )
 from nas_service.export import bundle, export_architectures
-from nas_service.store import INT32_MAX, UNFINISHED_STATUSES, EpisodeRecord, SeriesPoint
+from nas_service.lifecycle import UNFINISHED_EPISODE
+from nas_service.store import INT32_MAX, EpisodeRecord, SeriesPoint
 from search_spaces import Architecture
 from search_spaces.render import render_svg
 
@@ -137,7 +138,7 @@ def poll_cursor(after: int | None, rows: Sequence[EpisodeRecord | SeriesPoint]) 
     the first unfinished one, so an episode still running is read again until its result is in."""
     cursor = -1 if after is None else after
     for row in rows:
-        if row.status in UNFINISHED_STATUSES:
+        if row.status in UNFINISHED_EPISODE:
             break
         cursor = row.number
     return cursor

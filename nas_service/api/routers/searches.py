@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 
 from nas_service.api.admission import check_fits, confined
 from nas_service.api.deps import CHANGE_CHECKS, CHANGE_REFUSED, SearchId, Settings, Store, get_settings
-from nas_service.api.schemas import Problem, SearchCreate, SearchDetail, SearchLaunch, SearchResume, SearchSummary
+from nas_service.api.schemas import Problem, SearchCreate, SearchDetail, SearchLaunch, SearchSummary
 from nas_errors import Conflict
-from nas_service.launcher import ACTIVE_STATUSES, check_resumable, create_search, request_stop, start_runner
+from nas_service.launcher import create_search, start_runner
+from nas_service.lifecycle import ACTIVE
 
 router = APIRouter(prefix="/api/searches", tags=["searches"])
 NOT_LAUNCHED: dict[int | str, dict[str, Any]] = {
@@ -60,8 +61,11 @@ def get_search(search_id: SearchId, store: Store) -> SearchDetail:
     },
 )
 def stop_search(search_id: SearchId, store: Store) -> SearchSummary:
-    """Ask the runner to stop: nothing new is proposed, running episodes finish and are recorded."""
-    return SearchSummary.from_record(request_stop(store, search_id))
+    """Ask the runner to stop: nothing new is proposed, running episodes finish and are recorded.
+
+    A search whose runner is gone (its lease expired) is ``stopped`` at once.
+    """
+    return SearchSummary.from_record(store.request_stop(search_id))
 
 
 @router.post(
@@ -71,7 +75,7 @@ def stop_search(search_id: SearchId, store: Store) -> SearchSummary:
     responses={
         **CHANGE_REFUSED,
         404: {"model": Problem},
-        409: {"model": Problem, "description": "Completed, or running without force."},
+        409: {"model": Problem, "description": "Completed, or a live runner holds it (named in the message)."},
         **NOT_LAUNCHED,
     },
 )
@@ -79,10 +83,10 @@ def resume_search(
     search_id: SearchId,
     store: Store,
     settings: Annotated[Settings, Depends(get_settings)],
-    body: SearchResume | None = None,
 ) -> SearchLaunch:
+    """Launch a runner for the search, unless a live runner holds its lease; a runner whose lease
+    expired (no heartbeat for its period) is taken for dead. Of concurrent resumes, one launches."""
     search = store.get_search(search_id)
-    check_resumable(search, force=body.force if body is not None else False)
     runner = start_runner(store, search, settings.store_url, settings.ray_address)
     return SearchLaunch(search=SearchSummary.from_record(store.get_search(search_id)), runner=runner)
 
@@ -131,5 +135,5 @@ def delete_search(
 
 
 def _require_idle(search_status: str, search_id: int, action: str) -> None:
-    if search_status in ACTIVE_STATUSES:
+    if search_status in ACTIVE:
         raise Conflict(f"search {search_id} is {search_status}; stop it before it can be {action}")

@@ -189,22 +189,15 @@ export class SearchPage {
   updateActions() {
     const { status, archived } = this.summary;
     const button = (action) => this.view.querySelector(`[data-action=${action}]`);
-    const forced = status === "running" || status === "stopping";
     button("stop").disabled = status !== "running";
+    // A running search resumes only once its runner is gone (its lease expired); the server says so.
     button("resume").disabled = status === "completed";
-    button("resume").textContent = forced ? "Force resume…" : "Resume";
-    button("resume").title = forced ? "Only if the runner died: two runners on one search repeat work" : "";
     button("archive").disabled = archived;
   }
 
   async act(action) {
-    let body;
-    if (action === "resume" && ["running", "stopping"].includes(this.summary.status)) {
-      if (!window.confirm("The search is marked running. Resume it anyway? Only do this if its runner died.")) return;
-      body = { force: true };
-    }
     this.message("");
-    const answer = await send("POST", `/api/searches/${this.id}/${action}`, body);
+    const answer = await send("POST", `/api/searches/${this.id}/${action}`);
     this.summary = { ...this.summary, ...(answer.search || answer) };
     this.showSummary();
     this.message({ stop: "Stop requested: running episodes finish first.", resume: "Resumed.", archive: "Archived." }[action]);
