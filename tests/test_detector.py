@@ -64,7 +64,7 @@ def test_large_resolution_head_uses_the_14x14_feature():
     convs14 = [m for m in head14.stages[0].head.convs if isinstance(m, torch.nn.Conv2d)]
     assert len(convs14) == 5  # four 3x3 convs at 14x14, then a learned stride-2 conv
     x = torch.randn(3, 16, 14, 14)
-    assert head14.stages[0].head(x).shape == (3, 32)
+    assert head14.stages[0].head(x).shape == (3, 32)  # 3 RoIs, fc_dim 32
     # Every position of the 14x14 input influences the output (nothing is pooled away unseen).
     x.requires_grad_()
     head14.stages[0].head(x).sum().backward()
@@ -85,9 +85,9 @@ def test_inference_modes_return_detections(test_mode, nms):
     assert len(out) == 2
     for detections, (height, width) in zip(out, sizes):
         boxes, scores, labels = detections["boxes"], detections["scores"], detections["labels"]
-        assert 0 < len(boxes) <= 20 and boxes.shape[1] == 4
+        assert 0 < len(boxes) <= 20 and boxes.shape[1] == 4  # detections_per_image
         assert (boxes[:, 2] <= width + 1e-3).all() and (boxes[:, 3] <= height + 1e-3).all()
-        assert ((labels >= 1) & (labels <= 4)).all()
+        assert ((labels >= 1) & (labels <= 4)).all()  # num_classes 4; 0 is the background
         assert (scores[:-1] >= scores[1:]).all()
 
 
