@@ -133,6 +133,7 @@ def test_search_crud_and_errors(store):
     assert str(missing.value) == f"search {search.id + 1000} does not exist"
     with pytest.raises(SearchNotFound, match="no search named 'nope'"):
         store.get_search_by_name("nope")
+    # 2147483647 = 2**31 - 1, the largest value of the INTEGER columns on both backends.
     for kwargs, message in [
         ({"name": " ", "config": {}}, "name: expected a non-empty string"),
         ({"name": "x", "config": [1]}, "config: expected a JSON object"),
