@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from detector.data import CocoDetection
-from detector.data.coco import DatasetError
+from detector.data.coco import CocoDetection, DatasetError
 from nas_errors import LaunchError
 from nas_service.search_config import ResourcesConfig
 from proxy_trainer import DatasetConfig

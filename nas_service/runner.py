@@ -40,14 +40,15 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
-from controller import Controller
+from controller.controller import Controller
 from nas_errors import NasError, UserError
 from nas_service.lease import RunnerLease
 from nas_service.lifecycle import EpisodeStatus, SearchStatus
 from nas_service.preflight import check_dataset, check_resources
 from nas_service.search_config import SearchConfig
 from nas_service.store import EpisodeStore, LeaseLost, SearchRecord, StoreUnavailable
-from proxy_trainer import ProxyConfig, train_proxy
+from proxy_trainer import ProxyConfig
+from proxy_trainer.trainer import train_proxy
 from search_spaces.architecture import Architecture
 
 CHECKPOINTS_KEPT = 3
