@@ -16,8 +16,9 @@ import time
 
 import torch
 
-from controller import Controller, ControllerConfig
 from bench.learning_task import episodes_to_target, random_episodes_to_target
+from controller import ControllerConfig
+from controller.controller import Controller
 from search_spaces.space import SearchSpace
 
 

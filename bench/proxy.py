@@ -23,7 +23,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from detector.data import CocoDetection, collate_padded, train_transforms
+from detector.data.coco import CocoDetection
+from detector.data.transforms import collate_padded, train_transforms
 from detector.modeling import build_detector
 from nas_service.configs import load_config
 from proxy_trainer import ProxyConfig

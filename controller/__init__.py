@@ -1,7 +1,9 @@
-"""The LSTM policy-gradient controller that proposes NAS-FPN cells."""
+"""The LSTM policy-gradient controller that proposes NAS-FPN cells.
+
+Only the config is imported here, so reading a search config needs no torch; the controller itself is
+``controller.controller.Controller`` and its policy ``controller.policy.LSTMPolicy``.
+"""
 
 from controller.config import ControllerConfig
-from controller.controller import Controller, Proposal, UpdateStats
-from controller.policy import LSTMPolicy
 
-__all__ = ["Controller", "ControllerConfig", "LSTMPolicy", "Proposal", "UpdateStats"]
+__all__ = ["ControllerConfig"]

@@ -36,7 +36,7 @@ class ControllerConfig(BaseModel):
     """Known name or inline architecture proposed first and pre-trained towards; None: none. A config file
     may name a JSON file (relative to the config file), read in when the file is loaded."""
     seed_target_probability: float = Field(0.1, gt=0, lt=1)
-    """Pre-train by maximum likelihood until the seed is sampled with this probability."""
+    """Pre-train by maximum likelihood until the seed architecture is sampled with this probability."""
     seed_learning_rate: float = Field(0.003, gt=0)
     seed_max_steps: int = Field(2000, ge=1)
 

@@ -1,18 +1,24 @@
 """The detector's settings as data: what `nas export best --to detector-config` writes and `nas train` reads.
 
-Defaults are the Cascade R-CNN constants (Cai and Vasconcelos 2018) with the seed solution's choices:
+Defaults are the Cascade R-CNN constants (Cai and Vasconcelos 2018) with the choices of Baidu's Objects365
+Challenge 2019 solution ("the 2019 solution"):
 FPN followed by the searched NAS-FPN cell, a configurable box-head resolution, adaptive testing.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from search_spaces.architecture import ArchitectureError
 from search_spaces.space import inline_architecture_file, resolve_architecture
+
+
+SamplerKind = Literal["uniform", "class_diversity", "class_aware", "repeat_factor"]
+"""Training image samplers (``detector.data.samplers``)."""
+SAMPLER_KINDS: tuple[str, ...] = get_args(SamplerKind)
 
 
 class StrictModel(BaseModel):
@@ -111,7 +117,7 @@ class CascadeConfig(StrictModel):
     positive_fraction: float = Field(0.25, gt=0, le=1)
     """Largest share of positives among the sampled RoIs."""
     box_head_resolution: Literal[7, 14] = 7
-    """RoIAlign output size; 14 is the seed's large-resolution box head."""
+    """RoIAlign output size; 14 is the 2019 solution's large-resolution box head."""
     roi_sampling_ratio: int = Field(2, ge=0)
     """RoIAlign samples per bin side (0: adaptive). 1 quarters RoIAlign's cost, which dominates a CPU
     training step since its backward pass runs once per stage and level."""
@@ -124,7 +130,7 @@ class CascadeConfig(StrictModel):
     test_mode: Literal["standard", "adaptive"] = "adaptive"
     """standard: all heads score the stage-2 boxes; adaptive: each stage scores the boxes it received."""
     adaptive_weights: tuple[float, ...] = (0.2, 0.3, 0.5)
-    """Adaptive testing: weight of each stage's scores (the seed's 0.2, 0.3, 0.5)."""
+    """Adaptive testing: weight of each stage's scores (the 2019 solution's 0.2, 0.3, 0.5)."""
 
     @model_validator(mode="after")
     def _check_stages(self) -> "CascadeConfig":
@@ -139,7 +145,7 @@ class PostProcessConfig(StrictModel):
     score_threshold: float = Field(0.05, ge=0, le=1)
     """Detections scoring below this are dropped before NMS."""
     nms: Literal["hard", "linear", "gaussian"] = "hard"
-    """Per-class hard NMS, or Soft-NMS (the seed used gaussian Soft-NMS)."""
+    """Per-class hard NMS, or Soft-NMS (the 2019 solution used gaussian Soft-NMS)."""
     iou_threshold: float = Field(0.5, gt=0, le=1)
     """Hard and linear NMS: IoU at which a box suppresses another."""
     sigma: float = Field(0.5, gt=0)

@@ -1,14 +1,9 @@
-"""The proxy task: train a small Cascade R-CNN with a candidate neck; its held-out AP is the reward."""
+"""The proxy task: train a small Cascade R-CNN with a candidate neck; its held-out AP is the reward.
+
+Only the config is imported here, so reading a search config needs no torch; the training is
+``proxy_trainer.trainer.train_proxy``.
+"""
 
 from proxy_trainer.config import BaseConfig, DatasetConfig, ProxyConfig, SyntheticDataConfig, TrainConfig
-from proxy_trainer.trainer import ProxyResult, train_proxy
 
-__all__ = [
-    "BaseConfig",
-    "DatasetConfig",
-    "ProxyConfig",
-    "ProxyResult",
-    "SyntheticDataConfig",
-    "TrainConfig",
-    "train_proxy",
-]
+__all__ = ["BaseConfig", "DatasetConfig", "ProxyConfig", "SyntheticDataConfig", "TrainConfig"]

@@ -14,7 +14,8 @@ from typing import Iterator
 
 import torch
 
-from detector.data import CocoDetection, collate_padded, train_transforms
+from detector.data.coco import CocoDetection
+from detector.data.transforms import collate_padded, train_transforms
 from detector.engine.schedule import lr_factor
 from detector.engine.step import apply_gradients, compute_losses, loss_summary
 from detector.coco_eval import coco_results_by_image, evaluate_detections

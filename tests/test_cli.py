@@ -163,3 +163,30 @@ def test_user_errors_are_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_
     assert not (tmp_path / "typo").exists()  # a mistyped --db made no new, empty store
     debug = _run_nas("--debug", "proxy", "-c", str(binary))
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_commands_that_train_nothing_import_neither_torch_nor_ray(tmp_path):
+    """`nas --help`, `nas arch`, `nas search list|show` and `nas export` must start fast: no torch, no Ray."""
+    from nas_service.store import EpisodeStore
+    from tests.seeding import seed_search
+
+    url = f"sqlite:///{tmp_path}/nas.db"
+    store = EpisodeStore(url)
+    search_id = seed_search(store, "quick", episodes=3, data_root=tmp_path / "data")
+    store.close()
+    commands = [
+        ["--help"],
+        ["arch", "list"],
+        ["arch", "show", "nasfpn", "-o", str(tmp_path / "cell.svg")],
+        ["search", "list", "--db", url],
+        ["search", "show", str(search_id), "--db", url],
+        ["export", "best", "--search", str(search_id), "--db", url],
+    ]
+    for args in commands:
+        result = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "nas_service.cli", *args],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 0, (args, result.stderr[-2000:])
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+        assert not imported & {"torch", "ray", "torchvision"}, args

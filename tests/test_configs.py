@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from controller import Controller, ControllerConfig
+from controller import ControllerConfig
+from controller.controller import Controller
 from nas_service.configs import ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -4,8 +4,9 @@ import random
 import pytest
 import torch
 
-from controller import Controller, ControllerConfig
 from bench.learning_task import episodes_to_target, random_episodes_to_target
+from controller import ControllerConfig
+from controller.controller import Controller
 from search_spaces import fpn, nasfpn
 from search_spaces.space import SearchSpace
 

@@ -5,15 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
-from detector.data import (
-    CocoDetection,
+from detector.data.coco import CocoDetection, DatasetError, objects365_v2_path
+from detector.data.transforms import (
     Compose,
-    DatasetError,
     Normalize,
     RandomHorizontalFlip,
     ResizeShortSide,
     collate_padded,
-    objects365_v2_path,
     train_transforms,
 )
 

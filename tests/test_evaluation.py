@@ -11,13 +11,9 @@ from detector.coco_eval import (
     to_original_pixels,
     write_detections,
 )
-from detector.data import (
-    CocoDetection,
-    Compose,
-    RandomHorizontalFlip,
-    ResizeShortSide,
-    generate_synthetic_dataset,
-)
+from detector.data.coco import CocoDetection
+from detector.data.synthetic import generate_synthetic_dataset
+from detector.data.transforms import Compose, RandomHorizontalFlip, ResizeShortSide
 
 SIZE = 64  # no object reaches COCO's "large" (area > 96^2), so APl has no ground truth
 

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from detector.coco_eval import METRICS
 from detector.data.coco import CocoDetection
 from detector.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from detector.engine import DetectorTrainingConfig, train
+from detector.engine import DetectorTrainingConfig
 from detector.engine.evaluate import evaluate, load_for_testing
+from detector.engine.trainer import train
 from detector.inference import detect, detect_tta, fuse, view_transform
 from detector.ops import Suppression
 from nas_service.cli import app

@@ -17,7 +17,7 @@ import yaml
 from alembic import command
 from sqlalchemy import create_engine, inspect
 
-from controller import Controller
+from controller.controller import Controller
 from nas_service.lifecycle import ACTIVE, EPISODE_MOVES, FINISHED, RESUMABLE, SEARCH_MOVES, SearchStatus
 from nas_service.store import Conflict, EpisodeStore, LeaseLost, StoreError
 from nas_service.store.migrate import MIGRATIONS

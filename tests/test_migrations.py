@@ -220,3 +220,10 @@ def test_each_downgrade_restores_the_schema_its_upgrade_started_from(url):
         return compare_metadata(context, Base.metadata)
 
     assert on_database(url, differences) == []
+
+
+def test_the_store_knows_alembics_head():
+    """The store skips Alembic for a database at HEAD, so HEAD must be the newest revision shipped."""
+    from nas_service.store.migrate import HEAD
+
+    assert HEAD == SCRIPTS.get_current_head() == REVISIONS[-1]

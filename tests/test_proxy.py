@@ -10,7 +10,8 @@ import yaml
 from detector.config import DetectorConfig
 from detector.modeling.backbone import ResNetBackbone
 from nas_service.configs import load_config
-from proxy_trainer import ProxyConfig, train_proxy
+from proxy_trainer import ProxyConfig
+from proxy_trainer.trainer import train_proxy
 from proxy_trainer.data import ensure_synthetic_dataset
 from proxy_trainer.config import SyntheticDataConfig
 from proxy_trainer.fit import learning_rate_factor, set_threads

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from nas_errors import UserError
 from nas_service.cli import app
-from proxy_trainer import ProxyConfig, train_proxy
+from proxy_trainer import ProxyConfig
+from proxy_trainer.trainer import train_proxy
 from proxy_trainer.base import base_key, make_base, prepare_base, read_base
 from proxy_trainer.data import prepare_dataset
 from proxy_trainer.fit import fit, training_set

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from ray.cluster_utils import Cluster
 
-from controller import Controller
+from controller.controller import Controller
 from nas_service.lease import new_token
 from nas_service.runner import CheckpointError, run_search
 from nas_service.search_config import SearchConfig, load_search_config

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector.data import CocoDetection, generate_synthetic_dataset, synthetic_classes
-from detector.data.synthetic import _Object, _visible
+from detector.data.coco import CocoDetection
+from detector.data.synthetic import _Object, _visible, generate_synthetic_dataset, synthetic_classes
 
 SIZE = 96
 NUM_CLASSES = 10

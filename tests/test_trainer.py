@@ -10,9 +10,11 @@ import pytest
 import torch
 import yaml
 
-from detector.engine import DetectorTrainingConfig, detector_config, train
+from detector.engine import DetectorTrainingConfig
 from detector.engine.checkpoints import FINAL, LATEST, init_from_checkpoint, load_checkpoint, periodic_name
+from detector.engine.model import detector_config
 from detector.engine.schedule import lr_factor
+from detector.engine.trainer import train
 from detector.modeling import build_detector
 from nas_service.configs import ConfigError, load_config
 

@@ -1,41 +1,5 @@
-"""Detection data: COCO-format datasets (COCO, Objects365), transforms, batching, a synthetic set."""
+"""Detection data: COCO-format datasets (``coco``: COCO, Objects365), ``transforms`` and batching,
+``samplers``, the ``synthetic`` set and ``prepare`` (resolving a dataset's files).
 
-from detector.data.coco import (
-    CocoDetection,
-    DatasetError,
-    LoadReport,
-    annotation_labels,
-    coco_api,
-    objects365_v2_path,
-)
-from detector.data.synthetic import SyntheticDataset, generate_synthetic_dataset, synthetic_classes
-from detector.data.transforms import (
-    Compose,
-    Normalize,
-    RandomHorizontalFlip,
-    ResizeShortSide,
-    collate_padded,
-    flip_boxes,
-    resized_size,
-    train_transforms,
-)
-
-__all__ = [
-    "CocoDetection",
-    "Compose",
-    "DatasetError",
-    "LoadReport",
-    "annotation_labels",
-    "Normalize",
-    "RandomHorizontalFlip",
-    "ResizeShortSide",
-    "SyntheticDataset",
-    "coco_api",
-    "collate_padded",
-    "flip_boxes",
-    "generate_synthetic_dataset",
-    "objects365_v2_path",
-    "resized_size",
-    "synthetic_classes",
-    "train_transforms",
-]
+Nothing is imported here, so a config that names a dataset can be read without torch.
+"""

@@ -16,7 +16,6 @@ from pathlib import Path
 from pydantic import Field
 
 from detector.config import StrictModel
-from detector.data.synthetic import generate_synthetic_dataset
 from nas_errors import UserError
 
 MANIFEST = "synthetic.json"
@@ -78,6 +77,8 @@ def ensure_synthetic_dataset(config: SyntheticDataConfig) -> DatasetPaths:
 
 def _generate(config: SyntheticDataConfig, manifest: dict) -> None:
     """Generate into a private staging folder, then rename it into place (atomic for readers)."""
+    from detector.data.synthetic import generate_synthetic_dataset  # numpy and PIL, only when generating
+
     root = config.root
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))

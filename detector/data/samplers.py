@@ -24,15 +24,14 @@ is a pure function of the seed, so a resumed run restarts it at the number of sa
 from __future__ import annotations
 
 import math
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
+from detector.config import SAMPLER_KINDS, SamplerKind
 from nas_errors import UserError
 
-SamplerKind = Literal["uniform", "class_diversity", "class_aware", "repeat_factor"]
-SAMPLER_KINDS: tuple[str, ...] = ("uniform", "class_diversity", "class_aware", "repeat_factor")
 
 
 def sampling_weights(

@@ -1,7 +1,6 @@
-"""Full-size training and testing of the searched detector: config, trainer, checkpoints, distribution."""
+"""Full-size training and testing of the searched detector: ``config``, ``trainer``, ``evaluate``,
+``checkpoints``, ``distributed``. Only the config is imported here, so exporting one needs no torch."""
 
 from detector.engine.config import DetectorTrainingConfig
-from detector.engine.model import detector_config
-from detector.engine.trainer import TrainResult, train
 
-__all__ = ["DetectorTrainingConfig", "TrainResult", "detector_config", "train"]
+__all__ = ["DetectorTrainingConfig"]

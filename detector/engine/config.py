@@ -9,14 +9,15 @@ sides 400..1400 (max 1600) and multi-scale + flip testing at 400..1400 (max 2100
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from detector.config import CascadeConfig, DetectorConfig, PostProcessConfig, StrictModel
-from detector.data.coco import CocoDetection
+from detector.config import CascadeConfig, DetectorConfig, PostProcessConfig, SamplerKind, StrictModel
 from detector.data.prepare import DatasetPaths, SyntheticDataConfig, ensure_synthetic_dataset
-from detector.data.samplers import SamplerKind
+
+if TYPE_CHECKING:  # the dataset (torch) loads when a run reads it, not when a config is read
+    from detector.data.coco import CocoDetection
 
 
 class ExportSource(StrictModel):
@@ -93,6 +94,8 @@ class DatasetConfig(StrictModel):
 
     def load(self, split: Literal["train", "val"]) -> CocoDetection:
         """The training or evaluation split as a dataset."""
+        from detector.data.coco import CocoDetection
+
         paths, train = self.paths(), split == "train"
         return CocoDetection(
             paths.train_annotations if train else paths.val_annotations,

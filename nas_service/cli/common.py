@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from nas_errors import NotFound
-from nas_service.store import EpisodeStore
 from search_spaces import DEFAULT_LEVELS
+
+if TYPE_CHECKING:  # the store (SQLAlchemy) loads when a command opens it, not for `nas --help`
+    from nas_service.store import EpisodeStore
 
 DEFAULT_DB = "sqlite:///data/nas.db"
 DB_OPTION = typer.Option(
@@ -28,6 +30,8 @@ def store_url(db: Optional[str]) -> str:
 def open_store(db: Optional[str], create: bool = False) -> EpisodeStore:
     """The store at ``db``; a SQLite file that does not exist is made only when ``create`` is set,
     so a mistyped ``--db`` of a reading command is an error rather than a new, empty store."""
+    from nas_service.store import EpisodeStore
+
     url = store_url(db)
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))

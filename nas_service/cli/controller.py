@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from controller import Controller, ControllerConfig
+from controller import ControllerConfig
 from nas_service.configs import load_config
 
 controller_app = typer.Typer(help="Sample from the controller.", no_args_is_help=True)
@@ -22,6 +22,8 @@ def controller_sample(
     seed: Optional[int] = typer.Option(None, help="Random seed of the controller (overrides the config)."),
 ) -> None:
     """Sample architectures from a freshly seeded controller, without training any of them."""
+    from controller.controller import Controller
+
     config = load_config(config_path, ControllerConfig) if config_path else ControllerConfig()
     if seed is not None:
         config = config.model_copy(update={"seed": seed})

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import typer
 from pydantic import ValidationError
 
-from detector.data.coco import annotation_labels
 from detector.data.prepare import SyntheticDataConfig, ensure_synthetic_dataset
-from detector.data.samplers import SAMPLER_KINDS, class_exposure, sampling_weights
 from nas_errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 dataset_app = typer.Typer(help="Make and inspect datasets.", no_args_is_help=True)
 
@@ -61,6 +61,12 @@ def dataset_stats(
     Per class: boxes, images containing it, and for each sampler the chance that a drawn image
     contains the class. Per image: each sampler's probability of drawing it, times the number of
     images (1.0 = as often as uniform sampling)."""
+    import numpy as np
+
+    from detector.data.coco import annotation_labels  # torch: only for the commands that read data
+    from detector.config import SAMPLER_KINDS
+    from detector.data.samplers import class_exposure, sampling_weights
+
     names, labels = annotation_labels(annotations)
     num_classes = len(names)
     boxes = np.bincount(np.concatenate([np.zeros(0, np.int64), *labels]), minlength=num_classes + 1)
@@ -83,6 +89,6 @@ def dataset_stats(
         typer.echo(f"{index:>6} {len(np.unique(labels[index])):>7} {len(labels[index]):>6}  {rates}")
 
 
-def _rate(weights: np.ndarray, index: int) -> float:
+def _rate(weights: "np.ndarray", index: int) -> float:
     total = weights.sum()
     return float(weights[index] * len(weights) / total) if total > 0 else 0.0

@@ -7,16 +7,16 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 
 from nas_service.configs import load_config
-from proxy_trainer.base import make_base
 from proxy_trainer.config import ProxyConfig
-from proxy_trainer.fidelity import Episode, fidelity_cells, format_report, run_fidelity
-from proxy_trainer.trainer import train_proxy
 from search_spaces.space import resolve_architecture
+
+if TYPE_CHECKING:  # training (torch) loads in the commands that train, not for `nas --help`
+    from proxy_trainer.fidelity import Episode
 
 proxy_app = typer.Typer(
     help="Run one proxy episode (nas proxy -c PROXY.yaml [--arch CELL]), make the proxy base, "
@@ -58,6 +58,8 @@ def proxy(
         return
     if config_path is None:
         raise typer.BadParameter("a proxy config is required", param_hint="'-c' / '--config'")
+    from proxy_trainer.trainer import train_proxy
+
     config = load_config(config_path, ProxyConfig)
     architecture = resolve_architecture(arch, config.detector.neck.levels)
     with _progress_on_stderr():
@@ -93,6 +95,8 @@ def proxy_base(
 ) -> None:
     """Train the proxy base (backbone, FPN, RPN and heads with the base's cell) on the proxy's training
     split, score it on the held-out split and save it, for every episode to start from."""
+    from proxy_trainer.base import make_base
+
     config = load_config(config_path, ProxyConfig)
     with _progress_on_stderr():
         base = make_base(config, output, threads)
@@ -122,6 +126,8 @@ def proxy_fidelity(
     against their spread, rank agreement between seeds and with a longer training, a verdict, the cost."""
     if metric not in ("AP", "AP50"):
         raise typer.BadParameter(f"expected AP or AP50, got {metric!r}", param_hint="'--metric'")
+    from proxy_trainer.fidelity import fidelity_cells, format_report, run_fidelity
+
     config = load_config(config_path, ProxyConfig)
     names = [name.strip() for name in cells.split(",") if name.strip()]
     chosen = fidelity_cells(names, random_cells, config.detector.neck.levels, random_seed)

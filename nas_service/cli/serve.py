@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-import uvicorn
 
 from nas_service.cli.common import DB_OPTION, open_store, store_url
 
@@ -46,6 +45,8 @@ def serve(
     only requests that name it by an allowed Host and come from its own pages (or no page at all), and
     takes changes as JSON only.
     """
+    import uvicorn
+
     from nas_service.api import create_app
     from nas_service.api.guard import LOOPBACK_NAMES
 

@@ -7,10 +7,7 @@ from typing import Optional
 
 import typer
 
-from detector.coco_eval import summary_lines, write_detections
 from detector.engine.config import DetectorTrainingConfig
-from detector.engine.evaluate import evaluate
-from detector.engine.trainer import train
 from nas_errors import UserError
 from nas_service.configs import load_config
 
@@ -25,6 +22,8 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the work dir."),
 ) -> None:
     """Train the detector; under torchrun every process runs this (see docs/training.md)."""
+    from detector.engine.trainer import train  # torch: loaded by the commands that train, not by `nas --help`
+
     config = load_config(config_path, DetectorTrainingConfig)
     work_dir = work_dir or Path("work_dirs") / config_path.stem
     result = train(config, work_dir, resume=resume, log=typer.echo)
@@ -42,6 +41,9 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Write the detections here (COCO results JSON)."),
 ) -> None:
     """Test a checkpoint (or fuse an ensemble) on the evaluation split and print COCO AP."""
+    from detector.coco_eval import summary_lines, write_detections
+    from detector.engine.evaluate import evaluate
+
     config = load_config(config_path, DetectorTrainingConfig)
     checkpoints = ([checkpoint] if checkpoint else []) + list(members or [])
     if ensemble and len(checkpoints) < 2:

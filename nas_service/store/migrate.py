@@ -1,12 +1,13 @@
-"""Bring a database to the current schema with the Alembic revisions shipped in this package."""
+"""Bring a database to the current schema with the Alembic revisions shipped in this package.
+
+A database already at ``HEAD`` is recognised with one query, without importing Alembic (most of a
+short command's start-up); Alembic runs only when there is something to upgrade.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.util import CommandError
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
@@ -17,6 +18,8 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any fixed key: concurrent first opens of a PostgreSQL database queue on it instead of racing to
 # create the same tables. SQLite gets the same effect from BEGIN IMMEDIATE.
 _PG_MIGRATION_LOCK = 0x6E61_7366_706E
+HEAD = "0003"
+"""The newest revision in ``migrations/versions`` (tests/test_migrations.py checks it is Alembic's head)."""
 
 
 def upgrade_database(url: str) -> None:
@@ -30,6 +33,12 @@ def upgrade_database(url: str) -> None:
 
 def upgrade_engine(engine: Engine) -> None:
     """Upgrade through ``engine`` in one write transaction: a failed upgrade leaves nothing half-done."""
+    if _at_head(engine):
+        return
+    from alembic import command
+    from alembic.config import Config
+    from alembic.util import CommandError
+
     config = Config()
     # Config values go through ConfigParser interpolation, which treats '%' as special.
     config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
@@ -44,3 +53,12 @@ def upgrade_engine(engine: Engine) -> None:
         raise StoreError(f"cannot upgrade the store at {where}: {error}") from None
     except DBAPIError as error:
         raise StoreUnavailable(f"cannot open the store at {where}: {error.orig}") from None
+
+
+def _at_head(engine: Engine) -> bool:
+    """Whether the database records ``HEAD`` as its revision (False also when it cannot say)."""
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD
+    except DBAPIError:  # no such table yet, or no database: the upgrade path reports what is wrong
+        return False
