@@ -187,7 +187,7 @@ def test_trials_run_on_the_nodes_of_a_ray_cluster(tmp_path, data_root):
         assert search.status == "completed"
         # What the system promises: every trial ran on a node of this cluster. (Which node each one
         # got is Ray's choice: with actor reuse, one node's actor may take every trial.)
-        cluster_nodes = {node.unique_id[:12] for node in cluster.list_all_nodes()}
+        cluster_nodes = {node.node_id[:12] for node in cluster.list_all_nodes()}
         trained = [e for e in store.list_episodes(search_id) if e.status == "completed"]
         assert trained and {e.worker.split(" node ")[1] for e in trained} <= cluster_nodes
     finally:
@@ -286,9 +286,11 @@ def test_stop_is_clean_and_resumable(tmp_path, data_root):
     wait_for(lambda: store.count_episodes(search_id, status="running"), "the first episode did not start", log=log)
     assert store.request_stop(search_id).status == "stopping"  # what `nas search stop` does, without its start-up
     stopped = wait_for(lambda: (s := store.get_search(search_id)).status != "stopping" and s, "no stop", log=log)
-    # The promise: nothing new after the stop; what was running finished and was recorded.
+    # The promise: nothing new after the stop, and nothing left half done: a trial that was running
+    # finished and was recorded; one still waiting for Ray to start it was put back, no attempt used.
     assert stopped.status == "stopped" and stopped.num_episodes < 5, stopped
-    assert store.unfinished_episodes(search_id) == [] and stopped.lease_owner is None
+    assert store.count_episodes(search_id, status="running") == 0 and stopped.lease_owner is None
+    assert all(e.status == "proposed" and e.attempts == 0 for e in store.unfinished_episodes(search_id))
     resumed = subprocess.run(
         [sys.executable, "-m", "nas_service.cli", "search", "resume", str(search_id), "--db", db],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,

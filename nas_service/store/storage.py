@@ -222,7 +222,7 @@ class EpisodeStore:
         row = SearchModel(
             name=name,
             config=_json_object("config", config),
-            status="created",
+            status=SearchStatus.CREATED,
             budget_episodes=_optional(_integer, "budget_episodes", budget_episodes, minimum=1),
             budget_unique=_optional(_integer, "budget_unique", budget_unique, minimum=1),
             budget_seconds=_optional(_number, "budget_seconds", budget_seconds, positive=True),
