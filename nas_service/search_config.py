@@ -99,7 +99,7 @@ def load_search_config(path: Path) -> SearchConfig:
 
 
 def config_paths(model: BaseModel, within: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Path]]:
-    """Every file or folder path set in a config, with its field names, e.g. ``("proxy", "dataset", "train_images")``."""
+    """Every file or folder path set in a config, with its field names (``("proxy", "dataset", "val_images")``)."""
     for name in type(model).model_fields:
         value = getattr(model, name)
         if isinstance(value, Path):

@@ -75,7 +75,7 @@ EpisodeNumber = Annotated[int, Path(ge=0, le=INT32_MAX, description="Episode num
 CHANGE_CHECKS = [Depends(require_json), Depends(require_token)]
 """Dependencies of every state-changing route; its responses include ``CHANGE_REFUSED``."""
 CHANGE_REFUSED: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "The server has NAS_API_TOKEN set and the bearer token is missing or wrong."},
+    401: {"model": Problem, "description": "The server has NAS_API_TOKEN set; the bearer token is missing or wrong."},
     411: {"model": Problem, "description": "A body without a Content-Length."},
     413: {"model": Problem, "description": "The body is larger than a megabyte."},
     415: {"model": Problem, "description": "The request does not declare Content-Type: application/json."},
