@@ -16,8 +16,8 @@ One runner works on a search at a time: it holds the search's lease (``nas_servi
 passes the lease's token with every write, so a runner whose lease was taken over cannot write again;
 it stops. A store that does not answer is retried for the store's patience (every write is idempotent,
 see ``EpisodeStore``); after that the runner gives up and leaves the search resumable. SIGINT and
-SIGTERM stop the search cleanly: Tune's trials are stopped, their episodes put back to be trained
-again, and the search is left ``stopped``.
+SIGTERM stop the search within seconds: the trials go down with the runner's Ray, their episodes are
+put back to be trained again, and the search is left ``stopped``.
 """
 
 from __future__ import annotations
@@ -83,17 +83,19 @@ class Interrupted(BaseException):
 class StopSignals:
     """SIGINT and SIGTERM (what docker, systemd and Kubernetes send) stop the search.
 
-    Inside the Tune loop (``deferred``) a signal is only noted, and the loop stops at its next step;
-    anywhere else, or the second time, it raises ``Interrupted`` at once. A context manager that
-    installs its handler (again with ``install``, after ``ray.init`` replaced Ray's) and restores
-    the previous ones; in a thread other than the main one, signals stay as they are.
+    The first signal is noted, and ``check`` raises ``Interrupted`` at the run's next safe point: the
+    runner's own code or a step of Tune's loop, never inside a call into Ray, where an exception raised
+    by a signal handler breaks Ray's state. The run then skips Tune's graceful stop, which waits
+    seconds for each trial's actor: its Ray goes down with the trials (``ray.shutdown``) and the store
+    is told. A second signal ends the process at once, as if there were no handler. A context manager
+    that installs the handler (again with ``install``, after ``ray.init`` replaced Ray's own) and
+    restores the previous ones; in a thread other than the main one, signals stay as they are.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self.deferred = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -101,6 +103,10 @@ class StopSignals:
             for signum in self.SIGNALS:
                 previous = signal.signal(signum, self._handle)
                 self._previous.setdefault(signum, previous)
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise Interrupted(self.received)
 
     def __enter__(self) -> StopSignals:
         self.install()
@@ -113,10 +119,11 @@ class StopSignals:
             signal.signal(signum, previous)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        first = self.received is None
-        self.received = self.received or signum
-        if not (first and self.deferred):
-            raise Interrupted(self.received)
+        if self.received is None:
+            self.received = signum
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
 
 class SearchRun:
@@ -173,10 +180,12 @@ class SearchRun:
             self.queue.append(episode.number)
 
     def cancel_unfinished(self) -> None:
-        """Put the episodes of trials stopped before their result back to ``proposed``, attempt refunded."""
-        for trial_id, number in list(self.trials.items()):
-            self.store.requeue_episode(self.search.id, number, refund_attempt=True, lease=self.token)
-            del self.trials[trial_id]
+        """Put the episodes of trials stopped before their result back to ``proposed``, attempt refunded
+        (every running episode of the search: this runner holds it)."""
+        for episode in self.store.unfinished_episodes(self.search.id):
+            if episode.status == EpisodeStatus.RUNNING:
+                self.store.requeue_episode(self.search.id, episode.number, refund_attempt=True, lease=self.token)
+        self.trials.clear()
 
     # -- proposing -------------------------------------------------------------------------------
 
@@ -237,10 +246,11 @@ class SearchRun:
         return self.store.get_search(self.search.id).status == SearchStatus.STOPPING
 
     def should_abort(self) -> bool:
-        """Whether Tune must stop all trials now: after a signal, when the lease or the store is lost,
-        or when a stop was asked for and no trial is running (trials waiting for resources that may
-        never come are cancelled; running ones finish first)."""
-        if self.signals.received is not None or self.abort is not None or self.lease.lost is not None:
+        """Whether Tune must stop all trials now: when the lease or the store is lost, or when a stop
+        was asked for and no trial is running (trials waiting for resources that may never come are
+        cancelled; running ones finish first). After a signal, ``Interrupted`` ends the loop at once."""
+        self.signals.check()
+        if self.abort is not None or self.lease.lost is not None:
             return True
         if not self.trials or self.started & self.trials.keys():
             return False
@@ -457,6 +467,29 @@ def _run(
     # A checkpoint that does not load or a dataset that cannot serve fails the search before Ray starts.
     run = SearchRun(store, search_id, lease, signals)
     check_dataset(run.config.proxy.dataset)
+    signals.check()
+    try:
+        _tune(run, signals, ray_address, storage, trainable)
+    except Interrupted:
+        run.cancel_unfinished()  # their trials went down with Ray
+        raise
+    problem = lease.lost or run.abort
+    if problem is not None:
+        raise problem
+    run.cancel_unfinished()
+    finished = run.budget_spent() and not store.unfinished_episodes(search_id)
+    status = SearchStatus.COMPLETED if finished else SearchStatus.STOPPED
+    return store.set_search_status(search_id, status, lease=lease.token)
+
+
+def _tune(
+    run: SearchRun,
+    signals: StopSignals,
+    ray_address: str | None,
+    storage: Path | None,
+    trainable: Callable[[dict[str, Any]], None],
+) -> None:
+    """The Tune loop on a local Ray or the cluster at ``ray_address``, until the run ends or aborts."""
     resources = run.config.resources
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT reaches StopSignals
     try:
@@ -467,6 +500,7 @@ def _run(
             log_to_driver=False,
         )
         signals.install()  # ray.init set its own SIGTERM handler (exit at once)
+        signals.check()
         check_resources(resources, ray.nodes())
         watch = _RunWatch(run)
         tuner = tune.Tuner(
@@ -478,29 +512,17 @@ def _run(
                 reuse_actors=True,  # a new worker process per trial costs seconds (imports, CUDA init)
             ),
             run_config=tune.RunConfig(
-                name=f"search-{search_id}",
+                name=f"search-{run.search.id}",
                 storage_path=str((storage or Path("data/ray")).resolve()),
                 verbose=0,
                 stop=watch,
                 callbacks=[watch],
             ),
         )
-        signals.deferred = True
-        try:
-            tuner.fit()
-        finally:
-            signals.deferred = False
+        tuner.fit()
+        signals.check()
     finally:
-        ray.shutdown()
-    problem = lease.lost or run.abort
-    if problem is not None:
-        raise problem
-    run.cancel_unfinished()
-    if signals.received is not None:
-        raise Interrupted(signals.received)
-    finished = run.budget_spent() and not store.unfinished_episodes(search_id)
-    status = SearchStatus.COMPLETED if finished else SearchStatus.STOPPED
-    return store.set_search_status(search_id, status, lease=lease.token)
+        ray.shutdown()  # after an interrupt too: the trials' actors die with the driver
 
 
 def _left_resumable(
