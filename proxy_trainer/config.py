@@ -39,17 +39,6 @@ class DatasetConfig(StrictModel):
             raise ValueError("dataset.val_annotations: the reward split must differ from the training split")
         return self
 
-    def absolute(self) -> "DatasetConfig":
-        """The same dataset with absolute paths, for workers that run in other directories."""
-        paths = {
-            name: path.resolve()
-            for name in ("train_annotations", "train_images", "val_annotations", "val_images")
-            if (path := getattr(self, name)) is not None
-        }
-        if self.synthetic is not None:
-            paths["synthetic"] = self.synthetic.model_copy(update={"root": self.synthetic.root.resolve()})
-        return self.model_copy(update=paths)
-
 
 MAX_IMAGE_SIDE = 4096
 """Largest image side a proxy trains or tests at (the full detector's largest is 2100)."""
@@ -150,13 +139,3 @@ class ProxyConfig(StrictModel):
             except ArchitectureError as error:
                 raise ValueError(f"base.architecture: {error}") from None
         return self
-
-    def absolute(self) -> "ProxyConfig":
-        """The same config with absolute dataset and base paths, for workers in other directories."""
-        update: dict = {"dataset": self.dataset.absolute()}
-        if self.base is not None:
-            base = {"cache_dir": self.base.cache_dir.resolve()}
-            if self.base.path is not None:
-                base["path"] = self.base.path.resolve()
-            update["base"] = self.base.model_copy(update=base)
-        return self.model_copy(update=update)
