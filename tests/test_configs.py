@@ -1,10 +1,15 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from controller import ControllerConfig
 from controller.controller import Controller
 from nas_service.configs import ConfigError, load_config
+from nas_service.search_config import load_search_config
+from search_spaces import fpn, nasfpn
+from tests.seeding import LEVELS
+from tests.test_proxy import tiny_proxy_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -34,3 +39,33 @@ def test_missing_and_non_mapping_files(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping of settings, got list"):
         load_config(path, ControllerConfig)
+
+
+def test_a_config_file_may_name_an_architecture_file_relative_to_itself(tmp_path, monkeypatch):
+    """The file is read in when the YAML loads; the validated config holds the cell inline."""
+    cells = tmp_path / "configs" / "cells"
+    cells.mkdir(parents=True)
+    (cells / "seed.json").write_text(nasfpn().to_json())
+    (cells / "base.json").write_text(fpn(LEVELS).to_json())
+    (cells / "controller.yaml").write_text("seed_architecture: seed.json\n")
+    proxy = tiny_proxy_config(tmp_path / "data").model_dump(mode="json")
+    proxy["detector"]["neck"]["architecture"] = "base.json"
+    proxy["base"] = {"architecture": "base.json"}
+    (cells / "proxy.yaml").write_text(yaml.safe_dump(proxy))
+    controller = {"levels": list(LEVELS), "seed_architecture": "cells/seed-p2.json"}
+    search = {"controller": controller, "proxy": "cells/proxy.yaml"}
+    (cells / "seed-p2.json").write_text(nasfpn(LEVELS).to_json())
+    (tmp_path / "configs" / "search.yaml").write_text(yaml.safe_dump(search))
+    monkeypatch.chdir(tmp_path / "configs")  # the proxy file's own path is relative to the working directory
+
+    assert load_config(cells / "controller.yaml", ControllerConfig).seed_architecture == nasfpn().to_dict()
+    config = load_search_config(tmp_path / "configs" / "search.yaml")
+    assert config.controller.seed_architecture == nasfpn(LEVELS).to_dict()
+    assert config.proxy.detector.neck.architecture == config.proxy.base.architecture == fpn(LEVELS).to_dict()
+    # Outside a config file, a path is refused without being opened.
+    with pytest.raises(ValueError, match="'seed.json' is not a known architecture"):
+        ControllerConfig(seed_architecture="seed.json")
+    missing = cells / "controller.yaml"
+    missing.write_text("seed_architecture: gone.json\n")
+    with pytest.raises(ConfigError, match=f"seed_architecture: {cells / 'gone.json'}: cannot read"):
+        load_config(missing, ControllerConfig)
