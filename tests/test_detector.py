@@ -2,12 +2,14 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 from torchvision.models import resnet18
 
 from detector.config import BackboneConfig, CascadeConfig, DetectorConfig, NeckConfig, PostProcessConfig, RPNConfig
 from detector.modeling import build_detector
 from detector.modeling.build import build_roi_heads
 from detector.ops import WSConv2d
+from nas_service.configs import describe_validation_error
 
 
 def tiny_config(**changes) -> DetectorConfig:
@@ -222,8 +224,9 @@ def test_backbone_loads_local_weights(tmp_path):
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="rpn.anchor_sizes"):
         tiny_config(rpn=RPNConfig(anchor_sizes=(8, 16)))
-    with pytest.raises(ValueError, match="architecture: "):
+    with pytest.raises(ValidationError) as error:
         NeckConfig(architecture="bifpn")
+    assert describe_validation_error(error.value).startswith("architecture: 'bifpn' is not a known architecture")
     with pytest.raises(ValueError, match="adaptive_weights: needs one entry per stage"):
         CascadeConfig(adaptive_weights=(0.5, 0.5))
     with pytest.raises(ValueError, match="num_classes"):
