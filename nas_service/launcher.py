@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -27,10 +28,11 @@ TIMINGS = (LEASE_SECONDS_VARIABLE, PATIENCE_VARIABLE)
 
 
 def create_search(store: EpisodeStore, config: SearchConfig, name: str | None, default_stem: str) -> SearchRecord:
-    """Store a new search; without a name it is called ``<default_stem>-<time>``."""
+    """Store a new search; without a name it is called ``<default_stem>-<time>-<6 hex digits>``, so
+    unnamed searches created in the same second do not clash."""
     budget = config.budget
     return store.create_search(
-        name or f"{default_stem}-{datetime.now():%Y%m%d-%H%M%S}",
+        name or f"{default_stem}-{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}",
         config.model_dump(mode="json"),
         budget_episodes=budget.episodes,
         budget_unique=budget.unique,

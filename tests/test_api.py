@@ -20,7 +20,7 @@ from ray.job_submission import JobSubmissionClient
 
 from detector.engine.config import DetectorTrainingConfig
 from nas_errors import Conflict
-from nas_service.launcher import start_runner
+from nas_service.launcher import create_search, start_runner
 from nas_service.store import EpisodeStore
 from search_spaces import Architecture
 from tests.live_server import TOKEN, free_port, serving
@@ -408,3 +408,10 @@ def test_fuzzing_the_schema_finds_no_server_errors(tmp_path, request, backend):
         )
     assert result.returncode == 0, result.stdout[-6000:]
     assert "Server error" not in result.stdout
+
+
+def test_unnamed_searches_created_within_one_second_get_distinct_names(tmp_path):
+    store = EpisodeStore(f"sqlite:///{tmp_path}/names.db")
+    config = search_config(tmp_path / "synthetic", episodes=1)
+    names = [create_search(store, config, None, default_stem="api").name for _ in range(20)]
+    assert len(set(names)) == 20 and all(name.startswith("api-") for name in names)
