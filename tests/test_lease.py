@@ -1,8 +1,10 @@
 """One runner per search: the lease in the store (SQLite and PostgreSQL), the lifecycle it moves in, the
 idempotent writes a retrying runner relies on, and then for real: a runner stopped by SIGTERM or SIGINT,
-and two API resumes of a search whose runner died, which start exactly one runner.
+two API resumes of a search whose runner died (exactly one runner starts), and a runner frozen past its
+lease that wakes up to find its search taken over (it writes nothing more).
 """
 
+import contextlib
 import os
 import secrets
 import signal
@@ -298,3 +300,37 @@ def test_two_api_resumes_of_a_search_whose_runner_died_start_one_runner(tmp_path
     assert all(e.status in ("completed", "cached") and e.attempts == 1 for e in episodes)
     assert search.num_completed + search.num_cached == 3 and search.lease_owner is None
     assert log.read_text().count("episodes 3/3: ") == 1  # the summary of one runner
+
+
+def test_a_runner_frozen_past_its_lease_finds_the_search_taken_over_and_writes_nothing(tmp_path, data_root):  # noqa: F811
+    db = f"sqlite:///{tmp_path / 'nas.db'}"
+    config_path = tmp_path / "search.yaml"
+    config_path.write_text(yaml.safe_dump(search_config(data_root, episodes=4, train={"iterations": 12}).model_dump(
+        mode="json")))
+    log = tmp_path / "frozen.log"
+    with log.open("w") as out:
+        frozen = _nas("search", "start", "-c", str(config_path), "--name", "frozen", "--db", db, cwd=tmp_path,
+                      env=RUNNER_ENV, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    store = EpisodeStore(db)
+    try:
+        search_id = wait_for(lambda: store.list_searches() and store.list_searches()[0].id, "no search", log=log)
+        wait_for(lambda: finished(store, search_id) >= 1 and store.count_episodes(search_id, status="running"),
+                 "no second episode running", log=log)
+        os.killpg(frozen.pid, signal.SIGSTOP)  # the runner and its Ray stop dead, as on a hung machine
+        wait_for_the_lease_to_expire(store, search_id)
+        taker = _nas("search", "resume", str(search_id), "--db", db, cwd=tmp_path, env=RUNNER_ENV,
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_for(lambda: store.get_search(search_id).lease_owner.endswith(f":{taker.pid}"), "no takeover")
+        os.killpg(frozen.pid, signal.SIGCONT)  # it wakes up: its heartbeat and its writes are refused
+        assert frozen.wait(timeout=300) == 2, log.read_text()
+        output, _ = taker.communicate(timeout=300)
+        assert taker.returncode == 0, output
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(frozen.pid, signal.SIGKILL)  # its Ray, if anything of it is left
+    assert f"search {search_id}: this runner's lease was taken over by " in log.read_text()
+    search = store.get_search(search_id)
+    episodes = store.list_episodes(search_id)
+    assert search.status == "completed" and [e.number for e in episodes] == [0, 1, 2, 3]
+    assert len({e.proposal_id for e in episodes}) == 4 and search.num_completed + search.num_cached == 4
+    assert all(e.status in ("completed", "cached") and e.attempts == 1 for e in episodes)
