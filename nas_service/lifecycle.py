@@ -71,9 +71,8 @@ FINISHED = frozenset({SearchStatus.STOPPED, SearchStatus.COMPLETED, SearchStatus
 """No runner: the search's ``finished_at`` is set."""
 RESUMABLE = frozenset(SearchStatus) - {SearchStatus.COMPLETED}
 """A runner may take the search, if no live runner holds its lease."""
-NEW_EPISODE = (EpisodeStatus.PROPOSED, EpisodeStatus.RUNNING)
 UNFINISHED_EPISODE = (EpisodeStatus.PROPOSED, EpisodeStatus.RUNNING)
-FINISHED_EPISODE = (EpisodeStatus.COMPLETED, EpisodeStatus.FAILED, EpisodeStatus.CACHED)
+"""What a resumed search runs again, and the only statuses an episode is added in."""
 SCORED_EPISODE = (EpisodeStatus.COMPLETED, EpisodeStatus.CACHED)
 """Episodes whose reward measures their architecture (a failure's reward is only a penalty)."""
 

@@ -33,7 +33,6 @@ from nas_service.lifecycle import (
     ACTIVE,
     EPISODE_MOVES,
     FINISHED,
-    NEW_EPISODE,
     RESUMABLE,
     SCORED_EPISODE,
     SEARCH_MOVES,
@@ -430,9 +429,9 @@ class EpisodeStore:
         proposal_id = _integer("proposal_id", proposal_id)
         architecture = _json_object("architecture", architecture)
         arch_hash = _arch_hash(arch_hash)
-        if status not in NEW_EPISODE:
+        if status not in UNFINISHED_EPISODE:
             raise StoreError(
-                f"status: a new episode must be one of {', '.join(NEW_EPISODE)}, got {status!r}; "
+                f"status: a new episode must be one of {', '.join(UNFINISHED_EPISODE)}, got {status!r}; "
                 "record its result afterwards"
             )
         with self._writing.begin() as session:
