@@ -1,7 +1,7 @@
 """A live terminal view of a running search, read from the episode store.
 
-A database that does not answer is retried for a refresh period at a time: the view then says so and
-tries again at its next refresh, for as long as the runner waits for the store, instead of ending.
+A database that does not answer is tried once per refresh (the runner's own calls do the waiting and
+the logging): the view says so and tries again at its next refresh, instead of ending.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class SearchProgress:
     """Context manager that redraws episodes done / budget, running, failed, best reward and ETA."""
 
     def __init__(self, store: EpisodeStore, search_id: int) -> None:
-        self.store = store.with_patience(REFRESH_SECONDS)
+        self.store = store.with_patience(0)
         self.search_id = search_id
         self.started = time.monotonic()
         self.done_at_start = store.get_search(search_id).num_episodes  # the runner's patience

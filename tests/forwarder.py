@@ -48,8 +48,11 @@ class Forwarder:
         with self._lock:
             connections, self._connections = self._connections, set()
         for connection in connections:
+            # shutdown() first: close() alone leaves the socket open while a pump thread waits in recv()
+            # on it, and the server would keep the session (and its locks) of a client long gone.
             try:
                 connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                connection.shutdown(socket.SHUT_RDWR)
             except OSError:  # already closed by its own end
                 pass
             connection.close()

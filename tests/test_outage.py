@@ -28,6 +28,11 @@ def through(forwarder: Forwarder, url: str) -> str:
     return make_url(url).set(host="127.0.0.1", port=forwarder.port).render_as_string(hide_password=False)
 
 
+def named(store: EpisodeStore, name: str) -> int | None:
+    """The id of the search called ``name``, once there is one (the module's tests share a database)."""
+    return next((search.id for search in store.list_searches() if search.name == name), None)
+
+
 def test_the_store_waits_for_the_database_for_its_patience(postgres_url, caplog):  # noqa: F811
     with Forwarder(("127.0.0.1", 5432)) as forwarder:
         store = EpisodeStore(through(forwarder, postgres_url))
@@ -61,7 +66,7 @@ def test_a_search_cut_off_from_postgres_for_15_s_completes(tmp_path, data_root, 
         runner = _nas("search", "start", "-c", str(config_path), "--name", "cut", "--db",
                       through(forwarder, postgres_url), cwd=tmp_path, env=RUNNER_ENV, stdout=out,
                       stderr=subprocess.STDOUT)
-        search_id = wait_for(lambda: store.list_searches() and store.list_searches()[0].id, "no search", log=log)
+        search_id = wait_for(lambda: named(store, "cut"), "no search", log=log)
         wait_for(lambda: finished(store, search_id) >= 1, "no episode finished", log=log)
         forwarder.cut()
         time.sleep(OUTAGE_SECONDS)  # the outage itself, not a wait for something to happen
@@ -91,7 +96,7 @@ def test_a_runner_that_gives_up_leaves_its_search_resumable(tmp_path, data_root,
         runner = _nas("search", "start", "-c", str(config_path), "--name", "given-up", "--db",
                       through(forwarder, postgres_url), cwd=tmp_path, env={**RUNNER_ENV, "NAS_STORE_PATIENCE": "3"},
                       stdout=out, stderr=subprocess.STDOUT)
-        search_id = wait_for(lambda: store.list_searches() and store.list_searches()[0].id, "no search", log=log)
+        search_id = wait_for(lambda: named(store, "given-up"), "no search", log=log)
         wait_for(lambda: store.get_search(search_id).num_episodes >= 1, "no episode proposed", log=log)
         forwarder.cut()  # for longer than the runner's patience
         assert runner.wait(timeout=300) == 2, log.read_text()

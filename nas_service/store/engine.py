@@ -4,7 +4,9 @@ SQLite runs in WAL mode (readers never block the writer or each other) with a bu
 transactions start with ``BEGIN IMMEDIATE``: they take the write lock up front, so two writers queue on
 the timeout instead of failing with "database is locked" when a read lock cannot be upgraded.
 PostgreSQL connections time out and probe the server with TCP keepalives, so a server that went away
-fails a call within seconds instead of hanging it; ``retrying`` then waits for the server to return.
+fails a call within seconds instead of hanging it; ``patient`` then waits for the server to return. The
+server ends a session left idle inside a transaction (its client vanished in a network cut, holding a
+search's row lock) and a wait for a lock fails in time, so no lost client blocks the runner for good.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ POSTGRES_CONNECT_ARGS = {
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
+    # The store's transactions last milliseconds: one idle for seconds, or a lock wait of seconds,
+    # means a client that is gone.
+    "options": "-c idle_in_transaction_session_timeout=15000 -c lock_timeout=20000",
 }
 FIRST_RETRY_SECONDS = 0.25
 MAX_RETRY_SECONDS = 4.0
