@@ -8,6 +8,7 @@ tell what the file holds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -31,6 +32,16 @@ def confined(config: SearchConfig, data_roots: Sequence[Path]) -> SearchConfig:
                 "put the files there or start nas serve with --data-root"
             )
     return config
+
+
+@functools.cache
+def local_capacity() -> Capacity:
+    """This machine's CPUs and CUDA devices; counting the devices imports torch (seconds on a busy
+    machine), so the server does it once at start (``create_app``), never inside a request."""
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return Capacity(cpus, torch.cuda.device_count(), "this machine")
 
 
 @dataclass(frozen=True)
@@ -60,10 +71,7 @@ def capacity_of(ray_address: str | None) -> Capacity | None:
     live node of the cluster at ``ray_address``; None when the cluster does not answer (its runner
     would not start either, and says so)."""
     if ray_address is None:
-        import torch
-
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return Capacity(cpus, torch.cuda.device_count(), "this machine")
+        return local_capacity()
     from ray.util.state import list_nodes
 
     try:

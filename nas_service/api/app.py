@@ -20,11 +20,12 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nas_errors import Conflict, LaunchError, NasError, NotFound, TrainingError, Unavailable, UserError
+from nas_service.api.admission import local_capacity
 from nas_service.api.deps import Settings, Store
 from nas_service.api.guard import LOOPBACK_NAMES, RequestGuard
 from nas_service.api.routers import architectures, episodes, searches
 from nas_service.api.schemas import ConfigPreset, FieldProblem, Health, Problem
-from nas_errors import Conflict, LaunchError, NasError, NotFound, TrainingError, Unavailable, UserError
 from nas_service.search_config import load_search_config
 from nas_service.store import EpisodeStore
 
@@ -56,6 +57,8 @@ def create_app(
     app.state.settings = Settings(store_url=store_url, token=token, ray_address=ray_address, data_roots=roots)
     app.add_middleware(RequestGuard, allowed_hosts=(*LOOPBACK_NAMES, *allowed_hosts))
     app.state.store = EpisodeStore(store_url)
+    if ray_address is None:
+        local_capacity()  # torch's CUDA count, once, before any request waits for it
     app.router.add_event_handler("shutdown", app.state.store.close)
     for router in (searches.router, episodes.router, architectures.router):
         app.include_router(router)
