@@ -26,7 +26,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from detector.data.coco import CocoDetection
 from detector.data.transforms import collate_padded, train_transforms
 from detector.modeling import build_detector
-from nas_service.configs import load_config
+from nas_service.yaml_config import load_config
 from proxy_trainer import ProxyConfig
 from proxy_trainer.data import prepare_dataset
 from proxy_trainer.fidelity import fidelity_cells, format_report, run_fidelity

@@ -9,14 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from controller.config import ControllerConfig
 from detector.config import StrictModel
 from nas_errors import UserError
-from nas_service.configs import read_yaml, validate_config
+from nas_service.yaml_config import read_yaml, validate_config
 from proxy_trainer.config import ProxyConfig
 
 
@@ -62,12 +62,24 @@ class ResourcesConfig(StrictModel):
 
 
 class SearchConfig(StrictModel):
-    controller: ControllerConfig = ControllerConfig()
     proxy: ProxyConfig
+    """Validated before ``controller``, which takes its pyramid levels from the proxy's neck."""
+    controller: ControllerConfig = Field(default_factory=dict, validate_default=True)
     reward: RewardConfig = RewardConfig()
     failures: FailureConfig = FailureConfig()
     budget: BudgetConfig = BudgetConfig()
     resources: ResourcesConfig = ResourcesConfig()
+
+    @field_validator("controller", mode="before")
+    @classmethod
+    def _levels_of_the_neck(cls, value: Any, info: ValidationInfo) -> Any:
+        """The levels are stated once, in ``proxy.detector.neck.levels``: the controller searches cells
+        for that neck. A config that states ``controller.levels`` too (every search stored before) must
+        agree with it (``_same_levels``)."""
+        proxy = info.data.get("proxy")
+        if proxy is None or not isinstance(value, dict) or "levels" in value:
+            return value
+        return {**value, "levels": proxy.detector.neck.levels}
 
     @model_validator(mode="after")
     def _same_levels(self) -> "SearchConfig":
@@ -75,7 +87,8 @@ class SearchConfig(StrictModel):
         if tuple(self.controller.levels) != neck_levels:
             raise ValueError(
                 f"controller.levels: {list(self.controller.levels)} must equal the proxy neck's levels "
-                f"{list(neck_levels)}"
+                f"{list(neck_levels)} (proxy.detector.neck.levels); leave controller.levels out, it is taken "
+                "from the neck"
             )
         return self
 

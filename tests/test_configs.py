@@ -2,11 +2,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from controller import ControllerConfig
 from controller.controller import Controller
-from nas_service.configs import ConfigError, load_config
-from nas_service.search_config import load_search_config
+from nas_service.search_config import SearchConfig, load_search_config
+from nas_service.yaml_config import ConfigError, load_config
 from search_spaces import fpn, nasfpn
 from tests.seeding import LEVELS
 from tests.test_proxy import tiny_proxy_config
@@ -69,3 +70,16 @@ def test_a_config_file_may_name_an_architecture_file_relative_to_itself(tmp_path
     missing.write_text("seed_architecture: gone.json\n")
     with pytest.raises(ConfigError, match=f"seed_architecture: {cells / 'gone.json'}: cannot read"):
         load_config(missing, ControllerConfig)
+
+
+def test_the_pyramid_levels_are_stated_once_in_the_proxy_neck(tmp_path):
+    proxy = tiny_proxy_config(tmp_path / "data").model_dump(mode="json")
+    config = SearchConfig.model_validate({"proxy": proxy})
+    assert config.controller.levels == LEVELS == tuple(proxy["detector"]["neck"]["levels"])
+    # A stored search config (every one so far) states both; it loads as it was.
+    stored = config.model_dump(mode="json")
+    assert stored["controller"]["levels"] == list(LEVELS)
+    assert SearchConfig.model_validate(stored) == config
+    stored["controller"]["levels"] = [3, 4, 5, 6, 7]
+    with pytest.raises(ValidationError, match=r"controller.levels: \[3, 4, 5, 6, 7\] must equal .*proxy.detector.neck"):
+        SearchConfig.model_validate(stored)

@@ -9,7 +9,7 @@ from detector.config import BackboneConfig, CascadeConfig, DetectorConfig, NeckC
 from detector.modeling import build_detector
 from detector.modeling.build import build_roi_heads
 from detector.ops import WSConv2d
-from nas_service.configs import describe_validation_error
+from nas_service.yaml_config import describe_validation_error
 
 
 def tiny_config(**changes) -> DetectorConfig:

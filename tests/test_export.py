@@ -13,9 +13,9 @@ from detector.engine.model import detector_config
 from detector.modeling import build_detector
 from detector.modeling.nasfpn import NASFPNCell
 from nas_service.cli import app
-from nas_service.configs import load_config
 from nas_service.export import commented_yaml
 from nas_service.store import EpisodeStore
+from nas_service.yaml_config import load_config
 from search_spaces import Architecture
 from tests.seeding import search_config, seed_search
 

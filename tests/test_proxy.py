@@ -9,7 +9,7 @@ import yaml
 
 from detector.config import DetectorConfig
 from detector.modeling.backbone import ResNetBackbone
-from nas_service.configs import load_config
+from nas_service.yaml_config import load_config
 from proxy_trainer import ProxyConfig
 from proxy_trainer.trainer import train_proxy
 from proxy_trainer.data import ensure_synthetic_dataset

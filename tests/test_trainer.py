@@ -16,7 +16,7 @@ from detector.engine.model import detector_config
 from detector.engine.schedule import lr_factor
 from detector.engine.trainer import train
 from detector.modeling import build_detector
-from nas_service.configs import ConfigError, load_config
+from nas_service.yaml_config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "detector"

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from controller import ControllerConfig
-from nas_service.configs import load_config
+from nas_service.yaml_config import load_config
 
 controller_app = typer.Typer(help="Sample from the controller.", no_args_is_help=True)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 
-from nas_service.configs import load_config
+from nas_service.yaml_config import load_config
 from proxy_trainer.config import ProxyConfig
 from search_spaces.space import resolve_architecture
 

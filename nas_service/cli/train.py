@@ -9,7 +9,7 @@ import typer
 
 from detector.engine.config import DetectorTrainingConfig
 from nas_errors import UserError
-from nas_service.configs import load_config
+from nas_service.yaml_config import load_config
 
 CONFIG_OPTION = typer.Option(..., "-c", "--config", help="Detector config YAML (nas export best --to detector-config).")
 
