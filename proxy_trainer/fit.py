@@ -8,17 +8,17 @@ shows where an episode is; a non-finite loss ends the fit with a message instead
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Iterator
 
 import torch
 
+from detector.coco_eval import coco_results_by_image, evaluate_detections
 from detector.data.coco import CocoDetection
 from detector.data.transforms import collate_padded, train_transforms
+from detector.engine.cpus import available_cpus
 from detector.engine.schedule import lr_factor
 from detector.engine.step import apply_gradients, compute_losses, loss_summary
-from detector.coco_eval import coco_results_by_image, evaluate_detections
 from detector.inference import detect, view_transform
 from detector.modeling import CascadeRCNN
 from proxy_trainer.config import ProxyConfig, TrainConfig
@@ -40,13 +40,6 @@ def set_threads(requested: int | None, configured: int | None) -> tuple[int, str
         raise ValueError(f"threads: must be at least 1, got {threads}")
     torch.set_num_threads(threads)
     return threads, source
-
-
-def available_cpus() -> int:
-    """CPUs in this process's affinity mask (narrowed by taskset, cpusets and most schedulers)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def training_set(paths: DatasetPaths, train: TrainConfig) -> CocoDetection:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from detector.engine.cpus import available_cpus
 from nas_errors import UserError
 from nas_service.search_config import ResourcesConfig, SearchConfig, config_paths, with_absolute_paths
 
@@ -40,8 +40,7 @@ def local_capacity() -> Capacity:
     machine), so the server does it once at start (``create_app``), never inside a request."""
     import torch
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return Capacity(cpus, torch.cuda.device_count(), "this machine")
+    return Capacity(available_cpus(), torch.cuda.device_count(), "this machine")
 
 
 @dataclass(frozen=True)
