@@ -20,9 +20,23 @@ from nas_service.yaml_config import read_yaml, validate_config
 from proxy_trainer.config import ProxyConfig
 
 
+class RewardNoise(StrictModel):
+    """The proxy's noise as ``nas proxy fidelity`` measured it, carried by a search so that its results
+    say whether its best cell beats the seed architecture by more than the noise (see ``comparison``)."""
+
+    paired: float = Field(gt=0, allow_inf_nan=False)
+    """Spread of the same-seed reward difference between two cells (the report's paired noise)."""
+    cells: dict[str, float] = {}
+    """The reward of each cell the report trained, under the search's seed (e.g. fpn, nasfpn)."""
+    source: str = "measured"
+    """Where the figures come from (the report, its cells and seeds)."""
+
+
 class RewardConfig(StrictModel):
     metric: Literal["AP", "AP50"] = "AP"
     """AP@[.5:.95] or AP50 of the proxy on the held-out split."""
+    noise: RewardNoise | None = None
+    """The proxy's measured noise (``nas search start --fidelity REPORT.json`` fills it in); None: unknown."""
     flops_target: float | None = Field(None, gt=0)
     """Cost-aware (MnasNet): reward = metric * (neck FLOPs / flops_target) ** flops_weight."""
     flops_weight: float = Field(-0.07, le=0)

@@ -228,6 +228,8 @@ class Episode:
 
 @dataclass
 class FidelityReport:
+    proxy: dict[str, Any]
+    """The proxy config measured, as JSON: a search checks it carries the noise of its own proxy."""
     metric: str
     seeds: list[int]
     cells: dict[str, dict[str, Any]]
@@ -305,6 +307,7 @@ def run_fidelity(
         episodes.append(episode)
         on_episode(episode)
     report = FidelityReport(
+        proxy=config.model_dump(mode="json"),
         metric=metric,
         seeds=seed_list,
         cells={name: arch.to_dict() for name, arch in cells},
@@ -342,6 +345,63 @@ def _statistics(report: FidelityReport) -> FidelityStatistics | None:
     if report.failures:
         stats.verdict = Verdict(False, [f"{len(report.failures)} episode(s) failed", *stats.verdict.reasons])
     return stats
+
+
+@dataclass(frozen=True)
+class MeasuredNoise:
+    """What a search takes from a saved report: the noise of comparing two of its episodes, and the
+    reward of each measured cell under the search's seed (the report's first)."""
+
+    paired_noise: float
+    cells: dict[str, float]
+    seed: int
+    seeds: int
+
+
+# Settings that say where files are or how fast an episode runs, not what it trains.
+_NOT_MEASURED = frozenset({"root", "path", "cache_dir", "threads", "device", "log_every", "train_annotations",
+                           "train_images", "val_annotations", "val_images"})
+
+
+def measured_noise(report: Mapping[str, Any], config: ProxyConfig, metric: str, source: str) -> MeasuredNoise:
+    """The paired noise of a report saved with ``nas proxy fidelity --json``, for a search whose proxy
+    is ``config`` and whose reward is ``metric`` (recomputed from the episodes' metrics, whatever metric
+    the report printed). Refused when the report measured another proxy, or cannot tell the noise."""
+    if not isinstance(report.get("proxy"), dict) or not isinstance(report.get("episodes"), list):
+        raise UserError(f"{source}: not a report of `nas proxy fidelity --json` (no proxy or episodes)")
+    difference = _first_difference(report["proxy"], config.model_dump(mode="json"))
+    if difference is not None:
+        where, measured, used = difference
+        raise UserError(
+            f"{source}: measured another proxy: {where} is {measured!r} there but {used!r} in this search; "
+            "measure this proxy with `nas proxy fidelity -c PROXY.yaml --json REPORT.json`"
+        )
+    rewards: dict[str, list[float]] = {}
+    for episode in report["episodes"]:
+        value = (episode["result"].get("metrics") or {}).get(metric)
+        if not episode["reference"] and episode["result"]["status"] == "completed" and value is not None:
+            rewards.setdefault(episode["cell"], []).append(value)
+    seeds = len(report.get("seeds") or [])
+    complete = {name: values for name, values in rewards.items() if len(values) == seeds}
+    if seeds < 2 or len(complete) < 2:
+        raise UserError(
+            f"{source}: needs at least 2 cells with a {metric} under each of at least 2 seeds to tell the noise "
+            f"(has {len(complete)} cells x {seeds} seeds)"
+        )
+    stats = fidelity_statistics(complete)
+    return MeasuredNoise(stats.paired_noise, {name: values[0] for name, values in complete.items()},
+                         report["seeds"][0], seeds)
+
+
+def _first_difference(measured: Any, used: Any, where: str = "proxy") -> tuple[str, Any, Any] | None:
+    """The first setting (dotted path, the two values) that differs between two config dumps."""
+    if isinstance(measured, dict) and isinstance(used, dict):
+        for key in sorted((set(measured) | set(used)) - _NOT_MEASURED):
+            found = _first_difference(measured.get(key), used.get(key), f"{where}.{key}")
+            if found is not None:
+                return found
+        return None
+    return None if measured == used else (where, measured, used)
 
 
 def format_report(report: FidelityReport) -> list[str]:

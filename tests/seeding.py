@@ -12,12 +12,14 @@ from pathlib import Path
 
 from nas_service.search_config import SearchConfig
 from nas_service.store import EpisodeRecord, EpisodeStore
-from search_spaces import Architecture
+from search_spaces import Architecture, nasfpn
 from search_spaces.space import SearchSpace
 from tests.test_proxy import tiny_proxy_config
 
 LEVELS = (2, 3, 4, 5, 6)
 UPDATE_EVERY = 8
+NOISE = 0.01
+"""The proxy noise seeded searches carry."""
 
 
 def search_config(data_root: Path, episodes: int, **changes) -> SearchConfig:
@@ -36,7 +38,8 @@ def seed_search(
     store: EpisodeStore, name: str, episodes: int, data_root: Path, seed: int = 0, status: str = "completed"
 ) -> int:
     """A search with ``episodes`` episodes, left in ``status`` ("running": pollers keep watching); returns its id."""
-    config = search_config(data_root, episodes)
+    noise = {"paired": NOISE, "cells": {"fpn": 0.2}, "source": "seeding"}
+    config = search_config(data_root, episodes, reward={"metric": "AP", "noise": noise})
     search = store.create_search(name, config.model_dump(mode="json"), budget_episodes=episodes)
     store.set_search_status(search.id, "running")
     rng = random.Random(seed)
@@ -48,10 +51,13 @@ def seed_search(
 
 
 def add_episode(store: EpisodeStore, search_id: int, rng: random.Random, pool: list[dict]) -> EpisodeRecord:
-    """One more finished episode: a new cell or (ever more often) a repeat, a reward that improves."""
+    """One more finished episode: first the seed architecture (as a runner proposes it), then a new cell
+    or (ever more often) a repeat, a reward that improves."""
     number = store.get_search(search_id).num_episodes
     repeat = pool and rng.random() < min(0.8, number / 500)
     arch = rng.choice(pool) if repeat else SearchSpace(LEVELS).random_architecture(rng).to_dict()
+    if number == 0:
+        arch = nasfpn(LEVELS).to_dict()
     if not repeat:
         pool.append(arch)
     arch_hash = Architecture.from_dict(arch).canonical_hash()

@@ -24,7 +24,7 @@ from nas_service.launcher import create_search, start_runner
 from nas_service.store import EpisodeStore
 from search_spaces import Architecture
 from tests.live_server import TOKEN, free_port, serving
-from tests.seeding import add_episode, search_config, seed_search, start_new_episode
+from tests.seeding import NOISE, add_episode, search_config, seed_search, start_new_episode
 from tests.test_store import postgres_url  # noqa: F401  (a fresh PostgreSQL database, dropped afterwards)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,6 +87,14 @@ def test_searches_list_and_detail(api, seeded):
     record = store.get_search(finished)
     assert detail["best_reward"] == record.best_reward and detail["num_unique"] == record.num_unique
     assert detail["config"]["budget"]["episodes"] == EPISODES and detail["reward_metric"] == "AP"
+    # The first episode trained the seed architecture; the comparison is recomputed here from the episodes.
+    first = api.get(f"/api/searches/{finished}/episodes/0").json()
+    comparison = detail["seed_comparison"]
+    assert (comparison["seed_episode"], comparison["seed_reward"]) == (0, first["reward"])
+    assert (comparison["best_episode"], comparison["best_reward"]) == (record.best_episode_number, record.best_reward)
+    assert comparison["noise"] == NOISE
+    assert comparison["beats_seed"] == (record.best_reward - first["reward"] >= 2 * NOISE)
+    assert comparison["summary"][0] == f"seed cell: episode 0, reward {first['reward']:.4f}"
 
 
 def test_episode_pages_cover_the_search_in_order(api, seeded):

@@ -190,6 +190,15 @@ def test_search_page_draws_charts_graphs_and_tables(site, page, errors, tmp_path
     expect(page.locator("[data-note=unique]")).to_have_text(f"{unique} unique in {episodes} episodes")
     entropy_note = f"{series['entropy'][-1]:.3f} after {series['entropy_episodes'][-1]} episodes"
     expect(page.locator("[data-note=entropy]")).to_have_text(entropy_note)
+    # The seed cell's band: its reward +- the proxy's paired noise the search carries (tests/seeding.py).
+    comparison = summary["seed_comparison"]
+    noise_note = f"band: seed cell ± the proxy's paired noise ({comparison['noise']:.4f})"
+    expect(page.locator("[data-note=reward]")).to_contain_text(noise_note)
+    lead = comparison["best_reward"] - comparison["seed_reward"]
+    verdict = "beyond the noise" if comparison["beats_seed"] else "within the noise"
+    versus = page.locator(".stat", has_text="Best vs seed cell")
+    expect(versus.locator("dd")).to_contain_text(f"+{lead:.4f}")
+    expect(versus.locator("small")).to_have_text(f"{lead / comparison['noise']:.1f}× noise: {verdict}")
 
     # Summary and tables: the first page of episodes and the top 10, formatted, with export links.
     expect(page.locator(".stats")).to_contain_text(f"{summary['best_reward']:.4f}")

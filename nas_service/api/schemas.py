@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from nas_service.comparison import SeedComparison
 from nas_service.lifecycle import EpisodeStatus, SearchStatus
 from nas_service.search_config import SearchConfig, stored_reward_metric
 from nas_service.store import EpisodeRecord, SearchRecord
@@ -89,15 +90,42 @@ class SearchSummary(BaseModel):
         return cls(**fields, progress=progress, error=error_message(search.error))
 
 
+class SeedComparisonView(BaseModel):
+    """The best episode against the seed architecture's, with the proxy's measured noise (null: unknown)."""
+
+    seed_episode: int
+    seed_reward: float
+    best_episode: int
+    best_reward: float
+    noise: float | None
+    """The proxy's paired noise: the dashboard draws seed_reward +- noise as a band."""
+    beats_seed: bool | None
+    """Whether the best leads by at least ``NOISE_MULTIPLE`` times the noise; null without a noise."""
+    summary: list[str]
+
+    @classmethod
+    def of(cls, comparison: SeedComparison) -> "SeedComparisonView":
+        noise = comparison.noise
+        return cls(
+            **{name: getattr(comparison, name) for name in ("seed_episode", "seed_reward", "best_episode", "best_reward")},
+            noise=None if noise is None else noise.paired,
+            beats_seed=comparison.beats_seed,
+            summary=comparison.lines(),
+        )
+
+
 class SearchDetail(SearchSummary):
     config: dict[str, Any]
     reward_metric: str
+    seed_comparison: SeedComparisonView | None
+    """Null for an unseeded search, or before the seed architecture and another cell are scored."""
 
     @classmethod
-    def from_record(cls, search: SearchRecord) -> "SearchDetail":
+    def from_record(cls, search: SearchRecord, comparison: SeedComparison | None) -> "SearchDetail":
         summary = SearchSummary.from_record(search)
         metric = stored_reward_metric(search.config)
-        return cls(**summary.model_dump(), config=search.config, reward_metric=metric)
+        view = None if comparison is None else SeedComparisonView.of(comparison)
+        return cls(**summary.model_dump(), config=search.config, reward_metric=metric, seed_comparison=view)
 
 
 class SearchLaunch(BaseModel):

@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 
+from nas_errors import Conflict
 from nas_service.api.admission import check_fits, confined
 from nas_service.api.deps import CHANGE_CHECKS, CHANGE_REFUSED, SearchId, Settings, Store, get_settings
 from nas_service.api.schemas import Problem, SearchCreate, SearchDetail, SearchLaunch, SearchSummary
-from nas_errors import Conflict
+from nas_service.comparison import compare_with_seed
 from nas_service.launcher import create_search, start_runner
 from nas_service.lifecycle import ACTIVE
 
@@ -47,7 +48,8 @@ def start_search(
 
 @router.get("/{search_id}", response_model=SearchDetail, responses={404: {"model": Problem}})
 def get_search(search_id: SearchId, store: Store) -> SearchDetail:
-    return SearchDetail.from_record(store.get_search(search_id))
+    search = store.get_search(search_id)
+    return SearchDetail.from_record(search, compare_with_seed(store, search))
 
 
 @router.post(

@@ -10,6 +10,7 @@ const AVERAGE_COLOR = "#1d2433";
 const BEST_COLOR = "#1f9d55";
 const REFERENCE_COLOR = "#a3a9b3";
 const SERIES_COLOR = "#0f8b8d";  // single-series charts: distinct from every status colour
+const BAND_COLOR = "rgba(163, 169, 179, 0.22)";
 
 const episodeAxis = { label: "episode", labelSize: 20, size: 36 };
 
@@ -17,8 +18,9 @@ export class Charts {
   /** `containers`: {reward, unique, entropy} elements; `onPick(number)`: a reward point was clicked. */
   constructor(containers, onPick) {
     this.containers = containers;
+    this.band = null;
     this.plots = {
-      reward: this.plot("reward", rewardOptions()),
+      reward: this.plot("reward", rewardOptions(() => this.band)),
       unique: this.plot("unique", uniqueOptions()),
       entropy: this.plot("entropy", entropyOptions()),
     };
@@ -49,6 +51,13 @@ export class Charts {
     this.series = series;
   }
 
+  /** `band`: {reward, noise} of the seed cell and the proxy's paired noise, or null (no band). */
+  setSeedBand(band) {
+    if (JSON.stringify(band) === JSON.stringify(this.band)) return;
+    this.band = band;
+    this.plots.reward.redraw(false);
+  }
+
   /** A click (not a drag, which zooms) on the reward chart picks the episode under the cursor. */
   listenForPicks(onPick) {
     const over = this.plots.reward.over;
@@ -77,7 +86,32 @@ export class Charts {
   }
 }
 
-function rewardOptions() {
+/** The seed cell's reward +- the proxy's paired noise, under the points: a lead inside it is no proof. */
+function drawBand(u, band) {
+  if (!band) return;
+  const { left, top, width, height } = u.bbox;
+  const y = (value) => u.valToPos(value, "y", true);
+  const upper = Math.max(top, y(band.reward + band.noise));
+  const lower = Math.min(top + height, y(band.reward - band.noise));
+  const ctx = u.ctx;
+  ctx.save();
+  ctx.fillStyle = BAND_COLOR;
+  ctx.fillRect(left, upper, width, Math.max(0, lower - upper));
+  const middle = y(band.reward);
+  if (middle >= top && middle <= top + height) {
+    ctx.strokeStyle = REFERENCE_COLOR;
+    ctx.lineWidth = devicePixelRatio;
+    ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+    ctx.beginPath();
+    ctx.moveTo(left, middle);
+    ctx.lineTo(left + width, middle);
+    ctx.stroke();
+  }
+  ctx.restore();
+}
+
+/** `band()`: the seed band to draw now (see Charts.setSeedBand). */
+function rewardOptions(band) {
   const points = POINT_STATUSES.map((status) => {
     const color = statusColor(status);
     return {
@@ -92,6 +126,7 @@ function rewardOptions() {
   return {
     cursor: { drag: { x: true, y: false } },
     scales: { x: { time: false } },
+    hooks: { drawAxes: [(u) => drawBand(u, band())] },
     axes: [episodeAxis, { label: "reward", labelSize: 20, size: 56, values: (u, ticks) => ticks.map((t) => t.toFixed(2)) }],
     series: [
       { label: "episode" },

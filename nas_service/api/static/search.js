@@ -92,6 +92,7 @@ export class SearchPage {
     const answer = await this.api(`/api/searches/${this.id}/series?${this.series.query()}`);
     const changed = this.series.merge(answer, cursor);
     if (changed || !this.drawn) {
+      this.charts.setSeedBand(seedBand(this.summary.seed_comparison));
       this.charts.update(this.series);
       this.showChartNotes();
       this.drawn = true;
@@ -139,6 +140,7 @@ export class SearchPage {
       ["Trained · cached · failed", outcomes],
       ["Unique trained", fmt.count(s.num_unique)],
       [`Best reward (${s.reward_metric})`, fmt.reward(s.best_reward), best],
+      ["Best vs seed cell", ...versusSeed(s.seed_comparison)],
       ["Entropy", s.last_entropy == null ? "–" : s.last_entropy.toFixed(3)],
       ["Started", el("span", { class: "stat-time" }, fmt.time(s.started_at)),
         s.finished_at ? `finished ${fmt.time(s.finished_at)}` : null],
@@ -171,7 +173,9 @@ export class SearchPage {
     const { numbers, first, entropy, entropyEpisodes } = this.series;
     const note = (name, text) => (this.view.querySelector(`[data-note=${name}]`).textContent = text);
     const unique = first.filter(Boolean).length;
-    note("reward", `${fmt.count(numbers.length)} episodes · click a point to open it`);
+    const band = seedBand(this.summary.seed_comparison);
+    note("reward", `${fmt.count(numbers.length)} episodes · click a point to open it` +
+      (band ? ` · band: seed cell ± the proxy's paired noise (${fmt.reward(band.noise)})` : ""));
     note("unique", `${fmt.count(unique)} unique in ${fmt.count(numbers.length)} episodes`);
     note("entropy", entropy.length
       ? `${entropy[entropy.length - 1].toFixed(3)} after ${fmt.count(entropyEpisodes[entropyEpisodes.length - 1])} episodes`
@@ -252,4 +256,20 @@ export class SearchPage {
 
 function statBlock([label, value, note]) {
   return el("div", { class: "stat" }, el("dt", {}, label), el("dd", {}, value, note ? el("small", {}, note) : null));
+}
+
+/** The band the reward chart draws around the seed cell's reward, or null without a measured noise. */
+function seedBand(comparison) {
+  if (!comparison || comparison.noise == null) return null;
+  return { reward: comparison.seed_reward, noise: comparison.noise };
+}
+
+/** [value, note] of the best cell's lead over the seed cell, in units of the proxy's paired noise. */
+function versusSeed(comparison) {
+  if (!comparison) return ["–", "the seed cell is not scored yet"];
+  const lead = comparison.best_reward - comparison.seed_reward;
+  const value = `${lead >= 0 ? "+" : ""}${lead.toFixed(4)}`;
+  if (comparison.noise == null) return [value, "noise unknown (no fidelity report)"];
+  const ratio = `${(lead / comparison.noise).toFixed(1)}× noise`;
+  return [value, comparison.beats_seed ? `${ratio}: beyond the noise` : `${ratio}: within the noise`];
 }
