@@ -21,9 +21,9 @@ from typing import Any
 
 from ray import tune
 
-from nas_service.runner import proxy_trial, run_search
 from nas_service.search_config import SearchConfig, load_search_config
 from nas_service.store import EpisodeStore
+from nas_service.tune_adapter import proxy_trial, run_search
 
 
 def instant_trial(config: dict[str, Any]) -> None:
