@@ -1,11 +1,13 @@
-"""A live terminal view of a running search, read from the episode store.
+"""What a running search shows of itself, read from the episode store: a live table on a terminal, a line
+per finished episode otherwise (a log file, a pipe), where the table would show only its last state.
 
 A database that does not answer is tried once per refresh (the runner's own calls do the waiting and
-the logging): the view says so and tries again at its next refresh, instead of ending.
+the logging): the view says so, or waits, and tries again at its next refresh, instead of ending.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from types import TracebackType
@@ -15,9 +17,15 @@ from rich.live import Live
 from rich.table import Table
 
 from nas_service.lifecycle import EpisodeStatus
-from nas_service.store import EpisodeStore, SearchRecord, StoreUnavailable
+from nas_service.search_config import SearchConfig
+from nas_service.store import EpisodeRecord, EpisodeStore, SearchRecord, StoreUnavailable
 
 REFRESH_SECONDS = 2.0
+
+
+def search_progress(store: EpisodeStore, search_id: int) -> SearchProgress | EpisodeLines:
+    """The live table when stdout is a terminal; a line per finished episode otherwise."""
+    return SearchProgress(store, search_id) if sys.stdout.isatty() else EpisodeLines(store, search_id)
 
 
 class SearchProgress:
@@ -82,3 +90,61 @@ class SearchProgress:
         rate = (time.monotonic() - self.started) / done
         seconds = max(search.budget_episodes - search.num_episodes, 0) * rate
         return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+class EpisodeLines:
+    """Context manager that prints a line on stdout for each episode that finishes while it is open:
+    its number, its cell's hash, how it ended, its reward and the seconds it trained."""
+
+    def __init__(self, store: EpisodeStore, search_id: int) -> None:
+        self.store = store.with_patience(0)
+        self.search_id = search_id
+        config = SearchConfig.model_validate(store.get_search(search_id).config)
+        self.max_retries = config.failures.max_retries
+        self.shown = {e.number for e in store.list_episodes(search_id, limit=10**9) if self._finished(e)}
+        self._first_unshown = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "EpisodeLines":
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._print_finished()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(REFRESH_SECONDS):
+            self._print_finished()
+
+    def _finished(self, episode: EpisodeRecord) -> bool:
+        """Done for good: a failure is not, while it has a retry left."""
+        if episode.status == EpisodeStatus.FAILED:
+            return episode.attempts > self.max_retries
+        return episode.status in (EpisodeStatus.COMPLETED, EpisodeStatus.CACHED)
+
+    def _print_finished(self) -> None:
+        try:
+            episodes = self.store.list_episodes(self.search_id, after=self._first_unshown - 1, limit=10**9)
+        except StoreUnavailable:
+            return  # the next refresh tries again
+        finished = [e for e in episodes if e.number not in self.shown and self._finished(e)]
+        for episode in sorted(finished, key=lambda e: e.finished_at or e.proposed_at):
+            print(episode_line(episode), flush=True)
+            self.shown.add(episode.number)
+        while self._first_unshown in self.shown:
+            self._first_unshown += 1
+
+
+def episode_line(episode: EpisodeRecord) -> str:
+    reward = "-" if episode.reward is None else f"{episode.reward:.4f}"
+    seconds = "-" if episode.train_seconds is None else f"{episode.train_seconds:.1f} s"
+    line = f"episode {episode.number:4d}  cell {episode.arch_hash[:12]}  {episode.status:9s}  reward {reward}"
+    line += f"  {seconds}"
+    if episode.status == EpisodeStatus.FAILED and episode.error:
+        line += f"  ({episode.error.strip().splitlines()[-1][:160]})"  # a trace's last line names the error
+    return line

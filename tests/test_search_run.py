@@ -11,6 +11,7 @@ import pytest
 
 from controller.controller import Controller
 from nas_service.lease import RunnerLease
+from nas_service.progress import EpisodeLines
 from nas_service.search_run import NoEpisode, SearchRun, StopSignals, TrialLoop, TrialOutcome, execute
 from nas_service.store import EpisodeStore
 from proxy_trainer.trainer import ProxyResult
@@ -171,6 +172,28 @@ def test_resume_repairs_the_step_a_dead_runner_left_half_done(store, data_root):
     assert not run.controller.pending and not latest_controller(store, search_id).pending
     assert run.controller.num_proposed == 1
     assert run.next_episode("c") == 1  # a new proposal: nothing was lost or repeated
+
+
+def test_a_line_per_finished_episode_when_the_output_is_not_a_terminal(store, data_root, capsys):
+    search_id = create(store, data_root, episodes=3, failures={"max_retries": 1, "penalty_reward": 0.0})
+    calls = Counter()
+
+    def training(arch: Architecture) -> TrialOutcome:
+        calls[arch.canonical_hash()] += 1
+        return TrialOutcome.failed("Traceback ...\nRuntimeError: boom") if len(calls) == 1 else scored(arch)
+
+    with EpisodeLines(store, search_id):
+        execute(store, search_id, None, one_at_a_time(training))
+    lines = capsys.readouterr().out.splitlines()
+    episodes = {e.number: e for e in store.list_episodes(search_id)}
+    assert len(lines) == 3  # a failure with a retry left is not the end of its episode
+    for line in lines:
+        episode = episodes[int(line.split()[1])]
+        assert f"cell {episode.arch_hash[:12]}" in line and episode.status in line
+        if episode.status == "failed":
+            assert line.endswith("reward 0.0000  -  (RuntimeError: boom)")
+        else:
+            assert f"reward {episode.reward:.4f}" in line
 
 
 def test_the_search_logic_imports_no_ray():
