@@ -52,8 +52,8 @@ def faster_rcnn_peer(config: ProxyConfig, num_classes: int) -> FasterRCNN:
         rpn_anchor_generator=AnchorGenerator(
             tuple((size,) for size in rpn.anchor_sizes), (tuple(rpn.aspect_ratios),) * len(rpn.anchor_sizes)
         ),
-        min_size=config.train.eval_short_side,
-        max_size=config.train.train_max_size,
+        min_size=config.test.short_side,
+        max_size=config.train.max_size,
         image_mean=[0.0, 0.0, 0.0],  # batches arrive normalised already
         image_std=[1.0, 1.0, 1.0],
         rpn_pre_nms_top_n_train=rpn.pre_nms_top_n_train,
@@ -107,13 +107,13 @@ def main() -> None:
     )
     print("\n".join(format_report(report)))
 
-    print(f"\n2. training step, batch {config.train.batch_size}, short side {config.train.train_short_sides}")
+    print(f"\n2. training step, batch {config.train.batch_size}, short side {config.train.short_sides}")
     paths = prepare_dataset(config.dataset)
     train = config.train
     dataset = CocoDetection(
         paths.train_annotations,
         paths.train_images,
-        transforms=train_transforms(train.train_short_sides, train.train_max_size, train.flip_probability, seed=0),
+        transforms=train_transforms(train.short_sides, train.max_size, train.flip_probability, seed=0),
     )
     size = train.batch_size
     batches = [collate_padded([dataset[i * size + j] for j in range(size)]) for i in range(args.steps + 1)]

@@ -17,8 +17,9 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from detector.config import NeckConfig, RPNConfig
-from detector.engine.config import DatasetConfig, DetectorTrainingConfig, ExportSource, FullDetectorConfig
+from detector.engine.config import DatasetConfig, DetectorTrainingConfig, ExportSource
 from nas_errors import NotFound
+from nas_service.comparison import compare_with_seed
 from nas_service.search_config import stored_reward_metric
 from nas_service.store import EpisodeRecord, EpisodeStore, SearchRecord
 from search_spaces import Architecture
@@ -46,6 +47,7 @@ def export_architectures(store: EpisodeStore, search_id: int, to: ExportFormat, 
     episodes = store.top_episodes(search_id, top)
     if not episodes:
         raise NothingToExport(f"search {search_id} has no scored episode yet; nothing to export")
+    comparison = compare_with_seed(store, search)
     exported = []
     for rank, episode in enumerate(episodes, 1):
         stem = f"search-{search_id}-rank{rank}-{episode.arch_hash[:12]}"
@@ -56,7 +58,8 @@ def export_architectures(store: EpisodeStore, search_id: int, to: ExportFormat, 
                 )
             )
         else:
-            exported.append(Exported(rank, episode, f"{stem}.yaml", commented_config(search, episode, rank)))
+            notes = comparison.lines() if comparison is not None and rank == 1 else []
+            exported.append(Exported(rank, episode, f"{stem}.yaml", commented_config(search, episode, rank, notes)))
     return exported
 
 
@@ -75,7 +78,7 @@ def detector_training_config(search: SearchRecord, episode: EpisodeRecord) -> De
     proxy_dataset = search.config["proxy"]["dataset"]
     dataset = {
         key: value
-        for key in ("train_annotations", "train_images", "val_annotations", "val_images", "synthetic")
+        for key in ("train_annotations", "train_images", "val_annotations", "val_images", "objects365_v2_paths", "synthetic")
         if (value := proxy_dataset.get(key)) is not None
     }
     neck = NeckConfig(architecture=arch.to_dict(), levels=arch.levels)
@@ -90,11 +93,13 @@ def detector_training_config(search: SearchRecord, episode: EpisodeRecord) -> De
         exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return DetectorTrainingConfig(
-        source=source, dataset=DatasetConfig.model_validate(dataset), detector=FullDetectorConfig(neck=neck, rpn=rpn)
+        source=source, dataset=DatasetConfig.model_validate(dataset), detector={"neck": neck, "rpn": rpn}
     )
 
 
-def commented_config(search: SearchRecord, episode: EpisodeRecord, rank: int = 1) -> str:
+def commented_config(search: SearchRecord, episode: EpisodeRecord, rank: int = 1, notes: list[str] = ()) -> str:
+    """The training config with a header saying where the cell comes from; ``notes`` go below it (e.g.
+    whether the cell beats the search's seed architecture by more than the proxy's noise)."""
     config = detector_training_config(search, episode)
     header = [
         f"Detector config exported by nas-fpn from search {search.id} ({search.name}):",
@@ -103,6 +108,7 @@ def commented_config(search: SearchRecord, episode: EpisodeRecord, rank: int = 1
         "Cell: " + str(Architecture.from_dict(episode.architecture)),
         "The dataset is the one the search's proxy used: point it at your full training and evaluation "
         "splits. Train with `nas train -c THIS.yaml`, test with `nas eval -c THIS.yaml --checkpoint CKPT`.",
+        *notes,
     ]
     lines = [f"# {line}" for text in header for line in textwrap.wrap(text, LINE_WIDTH - 2)]
     return "\n".join(lines + [""] + commented_yaml(config)) + "\n"

@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from detector.data.coco import CocoDetection, DatasetError
+from detector.engine.config import DatasetConfig
 from nas_errors import LaunchError
 from nas_service.search_config import ResourcesConfig
-from proxy_trainer import DatasetConfig
-from proxy_trainer.data import prepare_dataset
 
 
 def check_dataset(config: DatasetConfig) -> None:
@@ -22,7 +21,7 @@ def check_dataset(config: DatasetConfig) -> None:
 
     The synthetic dataset is generated here if it is missing, once, instead of by the first trials.
     """
-    paths = prepare_dataset(config)
+    paths = config.paths()
     train = CocoDetection(paths.train_annotations, paths.train_images, train=True)
     _require_images(train, "training")
     val = CocoDetection(paths.val_annotations, paths.val_images, train=False)

@@ -4,6 +4,6 @@ Only the config is imported here, so reading a search config needs no torch; the
 ``proxy_trainer.trainer.train_proxy``.
 """
 
-from proxy_trainer.config import BaseConfig, DatasetConfig, ProxyConfig, SyntheticDataConfig, TrainConfig
+from proxy_trainer.config import PROXY_PRESET, BaseConfig, ProxyConfig
 
-__all__ = ["BaseConfig", "DatasetConfig", "ProxyConfig", "SyntheticDataConfig", "TrainConfig"]
+__all__ = ["PROXY_PRESET", "BaseConfig", "ProxyConfig"]

@@ -84,8 +84,8 @@ def base_depends(config: ProxyConfig, paths: DatasetPaths) -> dict[str, Any]:
         **base.model_dump(mode="json", include={"iterations", "learning_rate", "warmup_iterations", "seed"}),
         **train.model_dump(
             mode="json",
-            include={"batch_size", "momentum", "weight_decay", "warmup_factor", "grad_clip", "train_short_sides",
-                     "train_max_size", "flip_probability"},
+            include={"batch_size", "momentum", "weight_decay", "warmup_factor", "schedule", "steps", "gamma",
+                     "grad_clip", "short_sides", "max_size", "flip_probability"},
         ),
     }
     sections = {
@@ -150,12 +150,11 @@ def build_base(config: ProxyConfig, paths: DatasetPaths, output: Path) -> ProxyB
             "learning_rate": base.learning_rate,
             "warmup_iterations": base.warmup_iterations,
             "seed": base.seed,
-            "inject_nonfinite_loss_at": None,
         }
     )
     device = resolve_device(train.device)
     architecture = resolve_architecture(base.architecture, config.detector.neck.levels)
-    dataset = training_set(paths, train)
+    dataset = training_set(paths, train, config.dataset.objects365_v2_paths)
     seed_everything(base.seed)
     model = build_detector(detector_config(config.detector, architecture, dataset.num_classes)).to(device)
     log.info(f"proxy base: training with cell {base.architecture} for {base.iterations} iterations -> {output}")

@@ -1,78 +1,39 @@
-"""Proxy-task settings: the small dataset, the small detector and the short schedule behind one reward."""
+"""Proxy-task settings: the small dataset, the small detector and the short schedule behind one reward.
+
+The data, training and testing sections are the full trainer's (``detector.engine.config``); what makes
+them a proxy is ``PROXY_PRESET``, merged under what a proxy config gives.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from detector.config import DetectorConfig, StrictModel
-from detector.data.prepare import SyntheticDataConfig
+from detector.engine.config import MAX_ITERATIONS, DatasetConfig, TestSettings, TrainSettings, with_preset
 from search_spaces.architecture import ArchitectureError
 from search_spaces.space import inline_architecture_file, resolve_architecture
 
-__all__ = ["BaseConfig", "DatasetConfig", "ProxyConfig", "SyntheticDataConfig", "TrainConfig"]
+__all__ = ["PROXY_PRESET", "BaseConfig", "ProxyConfig"]
 
-
-class DatasetConfig(StrictModel):
-    """COCO-format data; the reward split must be held out from training."""
-
-    train_annotations: Path | None = None
-    train_images: Path | None = None
-    val_annotations: Path | None = None
-    val_images: Path | None = None
-    synthetic: SyntheticDataConfig | None = None
-    max_val_images: int | None = Field(None, ge=1)
-    """Score the reward on the first N held-out images only (a faster, noisier reward)."""
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "DatasetConfig":
-        files = [self.train_annotations, self.train_images, self.val_annotations, self.val_images]
-        if self.synthetic is None and any(f is None for f in files):
-            raise ValueError(
-                "dataset: give train_annotations, train_images, val_annotations and val_images, or synthetic"
-            )
-        if self.synthetic is not None and any(f is not None for f in files):
-            raise ValueError("dataset: give either the four COCO paths or synthetic, not both")
-        if self.synthetic is None and self.train_annotations == self.val_annotations:
-            raise ValueError("dataset.val_annotations: the reward split must differ from the training split")
-        return self
-
-
-MAX_IMAGE_SIDE = 4096
-"""Largest image side a proxy trains or tests at (the full detector's largest is 2100)."""
-MAX_ITERATIONS = 1_000_000
-ImageSide = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]
-
-
-class TrainConfig(StrictModel):
-    iterations: int = Field(100, ge=1, le=MAX_ITERATIONS)
-    batch_size: int = Field(8, ge=1, le=1024)
-    learning_rate: float = Field(0.02, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_iterations: int = Field(50, ge=0, le=MAX_ITERATIONS)
-    warmup_factor: float = Field(0.001, gt=0, le=1)
-    grad_clip: float | None = Field(10.0, gt=0)
-    train_short_sides: tuple[ImageSide, ImageSide] = (112, 144)
-    """Multi-scale training: the short side is drawn from this inclusive range."""
-    train_max_size: ImageSide = 192
-    flip_probability: float = Field(0.5, ge=0, le=1)
-    eval_short_side: ImageSide = 128
-    eval_max_size: ImageSide = 192
-    eval_batch_size: int = Field(8, ge=1, le=1024)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto: CUDA when available. AMP is used on CUDA only."""
-    amp: bool = True
-    threads: int | None = Field(None, ge=1, le=1024)
-    """CPU threads for torch when the caller does not say (a search passes its trial's CPUs); None: the
-    number of CPUs this process may run on. Never torch's default: on a shared machine that oversubscribes."""
-    log_every: int = Field(25, ge=1)
-    """Log iteration, loss and ETA every this many iterations (and at the first and last)."""
-    inject_nonfinite_loss_at: int | None = Field(None, ge=0)
-    """For testing failure handling end to end: the loss turns NaN at this iteration."""
+PROXY_PRESET: dict[str, Any] = {
+    "dataset": {"num_workers": 0},
+    "train": {
+        "iterations": 100,
+        "batch_size": 8,
+        "warmup_iterations": 50,
+        "schedule": "cosine",
+        "grad_clip": 10.0,
+        "short_sides": (112, 144),
+        "max_size": 192,
+        "log_every": 25,
+    },
+    "test": {"short_side": 128, "max_size": 192, "batch_size": 8},
+}
+"""The proxy's values where they differ from the sections' (full-size) defaults: a short cosine schedule,
+small images, and evaluation in the trial's own process."""
 
 
 BasePart = Literal["backbone", "pyramid", "rpn", "roi_heads"]
@@ -126,13 +87,30 @@ class BaseConfig(StrictModel):
 
 class ProxyConfig(StrictModel):
     dataset: DatasetConfig
+    """The training split and the held-out reward split."""
     detector: DetectorConfig
-    train: TrainConfig = TrainConfig()
+    train: TrainSettings = TrainSettings.model_validate(PROXY_PRESET["train"])
+    """The short fit (``PROXY_PRESET`` under what the file gives)."""
+    test: TestSettings = TestSettings.model_validate(PROXY_PRESET["test"])
+    """The held-out evaluation behind the reward."""
     base: BaseConfig | None = None
     """A pretrained proxy base shared by every episode; None: every episode trains from scratch."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _proxy_preset(cls, data: Any) -> Any:
+        return with_preset(PROXY_PRESET, data)
+
     @model_validator(mode="after")
-    def _base_cell(self) -> "ProxyConfig":
+    def _check(self) -> "ProxyConfig":
+        dataset = self.dataset
+        if dataset.synthetic is None and dataset.train_annotations == dataset.val_annotations:
+            raise ValueError("dataset.val_annotations: the reward split must differ from the training split")
+        if dataset.sampler.kind != "uniform":
+            raise ValueError(
+                f"dataset.sampler: the proxy draws its training images uniformly (a seeded shuffle), "
+                f"not {dataset.sampler.kind}; leave the sampler out"
+            )
         if self.base is not None:
             try:
                 resolve_architecture(self.base.architecture, self.detector.neck.levels)

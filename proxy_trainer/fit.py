@@ -15,14 +15,15 @@ import torch
 
 from detector.coco_eval import coco_results_by_image, evaluate_detections
 from detector.data.coco import CocoDetection
+from detector.data.prepare import DatasetPaths
 from detector.data.transforms import collate_padded, train_transforms
+from detector.engine.config import TrainSettings
 from detector.engine.cpus import available_cpus
 from detector.engine.schedule import lr_factor
 from detector.engine.step import apply_gradients, compute_losses, loss_summary
 from detector.inference import detect, view_transform
 from detector.modeling import CascadeRCNN
-from proxy_trainer.config import ProxyConfig, TrainConfig
-from proxy_trainer.data import DatasetPaths
+from proxy_trainer.config import ProxyConfig
 
 log = logging.getLogger("proxy_trainer")
 
@@ -42,19 +43,20 @@ def set_threads(requested: int | None, configured: int | None) -> tuple[int, str
     return threads, source
 
 
-def training_set(paths: DatasetPaths, train: TrainConfig) -> CocoDetection:
+def training_set(paths: DatasetPaths, train: TrainSettings, objects365_v2_paths: bool = False) -> CocoDetection:
     return CocoDetection(
         paths.train_annotations,
         paths.train_images,
-        transforms=train_transforms(train.train_short_sides, train.train_max_size, train.flip_probability, seed=train.seed),
+        transforms=train_transforms(train.short_sides, train.max_size, train.flip_probability, seed=train.seed),
         train=True,
+        rewrite_objects365_v2_paths=objects365_v2_paths,
     )
 
 
 def fit(
     model: CascadeRCNN,
     dataset: CocoDetection,
-    train: TrainConfig,
+    train: TrainSettings,
     device: torch.device,
     loss_curve: list[float],
     frozen: tuple[torch.nn.Module, ...] = (),
@@ -73,8 +75,6 @@ def fit(
     for iteration in range(train.iterations):
         losses = compute_losses(model, next(batches), device, train.amp)
         loss = sum(losses.values())
-        if train.inject_nonfinite_loss_at == iteration:
-            loss = loss * float("nan")
         if not torch.isfinite(loss):
             message = f"non-finite loss {float(loss.detach())} at iteration {iteration} ({loss_summary(losses)})"
             log.warning(message)
@@ -102,18 +102,24 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
-def learning_rate_factor(iteration: int, train: TrainConfig) -> float:
-    """Linear warm-up from ``warmup_factor``, then cosine decay to zero at the last iteration."""
-    return lr_factor(iteration, train.iterations, train.warmup_iterations, train.warmup_factor, "cosine")
+def learning_rate_factor(iteration: int, train: TrainSettings) -> float:
+    """Linear warm-up from ``warmup_factor``, then ``train.schedule`` (the proxy's: cosine decay to zero)."""
+    return lr_factor(
+        iteration, train.iterations, train.warmup_iterations, train.warmup_factor, train.schedule, train.steps, train.gamma
+    )
 
 
 def evaluate(model: CascadeRCNN, config: ProxyConfig, paths: DatasetPaths, device: torch.device) -> dict[str, float]:
     """COCO metrics of ``model`` on the held-out split (its first ``dataset.max_val_images`` images)."""
-    train = config.train
-    val_set = CocoDetection(paths.val_annotations, paths.val_images, train=False)
-    indices = list(range(len(val_set)))[: config.dataset.max_val_images]
-    transform = view_transform(train.eval_short_side, train.eval_max_size)
-    found = detect(model, val_set, indices, transform, train.eval_batch_size, device, train.amp)
+    dataset, test = config.dataset, config.test
+    val_set = CocoDetection(
+        paths.val_annotations, paths.val_images, train=False, rewrite_objects365_v2_paths=dataset.objects365_v2_paths
+    )
+    indices = list(range(len(val_set)))[: dataset.max_val_images]
+    transform = view_transform(test.short_side, test.max_size)
+    found = detect(
+        model, val_set, indices, transform, test.batch_size, device, config.train.amp, num_workers=dataset.num_workers
+    )
     detections = coco_results_by_image(found, val_set.label_to_category_id)
     return evaluate_detections(val_set.coco, detections, list(found))
 

@@ -70,11 +70,11 @@ def train_proxy(architecture: Architecture, config: ProxyConfig, threads: int | 
     threads, source = set_threads(threads, train.threads)
     paths = prepare_dataset(config.dataset)
     base = prepare_base(config, paths) if config.base is not None else None
-    dataset = training_set(paths, train)
+    dataset = training_set(paths, train, config.dataset.objects365_v2_paths)
     model, frozen = _episode_model(config, architecture, dataset.num_classes, base)
     model.to(device)
     neck = config.detector.neck
-    cost = neck_cost(architecture, (train.eval_short_side,) * 2, width=neck.width, repeats=neck.repeats, norm=neck.norm)
+    cost = neck_cost(architecture, (config.test.short_side,) * 2, width=neck.width, repeats=neck.repeats, norm=neck.norm)
     result = ProxyResult(
         status="completed",
         neck_flops=cost.flops,

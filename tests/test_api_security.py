@@ -21,8 +21,8 @@ import torch
 
 from nas_service.store import EpisodeStore
 from proxy_trainer import ProxyConfig
-from tests.live_server import TOKEN, serving
 from search_spaces import known_architecture
+from tests.live_server import TOKEN, serving
 from tests.seeding import LEVELS, search_config, seed_search
 from tests.test_store import postgres_url  # noqa: F401  (a fresh PostgreSQL database, dropped afterwards)
 
@@ -326,10 +326,11 @@ def machine_cpus() -> int:
         ({"proxy.dataset.synthetic.num_val": 10**12}, "proxy.dataset.synthetic.num_val"),
         ({"proxy.train.iterations": 10**18}, "proxy.train.iterations"),
         ({"proxy.train.batch_size": 10**6}, "proxy.train.batch_size"),
-        ({"proxy.train.eval_batch_size": 10**6}, "proxy.train.eval_batch_size"),
-        ({"proxy.train.train_max_size": 10**6}, "proxy.train.train_max_size"),
-        ({"proxy.train.train_short_sides": [64, 10**6]}, "proxy.train.train_short_sides"),
-        ({"proxy.train.eval_short_side": 10**6}, "proxy.train.eval_short_side"),
+        ({"proxy.dataset.num_workers": 10**6}, "proxy.dataset.num_workers"),
+        ({"proxy.train.max_size": 10**6}, "proxy.train.max_size"),
+        ({"proxy.train.short_sides": [64, 10**6]}, "proxy.train.short_sides"),
+        ({"proxy.test.batch_size": 10**6}, "proxy.test.batch_size"),
+        ({"proxy.test.short_side": 10**6}, "proxy.test.short_side"),
         ({"budget.episodes": 10**9}, "budget.episodes"),
         ({"budget.unique": 10**9}, "budget.unique"),
         ({"resources.concurrency": 10**6}, "resources.concurrency"),

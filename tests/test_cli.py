@@ -119,9 +119,9 @@ def test_proxy_command_runs_one_episode(tmp_path):
 
 
 def test_proxy_command_reports_a_failed_episode(tmp_path):
-    from tests.test_proxy import tiny_proxy_config
+    from tests.test_proxy import DIVERGING, tiny_proxy_config
 
-    config = tiny_proxy_config(tmp_path / "data", iterations=3, inject_nonfinite_loss_at=1)
+    config = tiny_proxy_config(tmp_path / "data", iterations=3, **DIVERGING)
     path = tmp_path / "proxy.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     result = runner.invoke(app, ["proxy", "-c", str(path)])

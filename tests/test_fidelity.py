@@ -8,7 +8,7 @@ from nas_errors import UserError
 from nas_service.cli import app
 from proxy_trainer.fidelity import fidelity_cells, fidelity_statistics, run_fidelity, spearman
 from search_spaces import fpn, nasfpn
-from tests.test_proxy import tiny_proxy_config
+from tests.test_proxy import DIVERGING, tiny_proxy_config
 
 LEVELS = (2, 3, 4, 5, 6)
 # Four cells, three seeds. Orderings: seed 0 a > b > c > d, seed 1 a > c > b > d, seed 2 a > b > c > d.
@@ -126,9 +126,9 @@ def test_fidelity_command_trains_every_cell_under_every_seed_and_the_reference(t
 
 
 def test_failed_episodes_are_reported_not_scored(tmp_path):
-    config = tiny_proxy_config(tmp_path / "synthetic", iterations=1, inject_nonfinite_loss_at=0)
+    config = tiny_proxy_config(tmp_path / "synthetic", iterations=2, **DIVERGING)
     report = run_fidelity(config, fidelity_cells(["fpn", "nasfpn"], 0, LEVELS), seeds=1, threads=1)
     assert report.statistics is None
-    assert [f.split(":")[0] for f in report.failures] == ["fpn seed 0 (1 iterations)", "nasfpn seed 0 (1 iterations)"]
+    assert [f.split(":")[0] for f in report.failures] == ["fpn seed 0 (2 iterations)", "nasfpn seed 0 (2 iterations)"]
     with pytest.raises(UserError, match="more than 1"):
         run_fidelity(config, fidelity_cells(["fpn", "nasfpn"], 0, LEVELS), seeds=1, reference_factor=1)

@@ -16,11 +16,11 @@ from ray.util.placement_group import placement_group, remove_placement_group
 
 from detector.data.coco import CocoDetection, DatasetError
 from detector.data.synthetic import generate_synthetic_dataset
+from detector.engine.config import DatasetConfig
 from nas_errors import LaunchError
 from nas_service.preflight import check_dataset, check_resources
 from nas_service.search_config import ResourcesConfig
 from nas_service.store import EpisodeStore
-from proxy_trainer import DatasetConfig
 from tests.seeding import search_config
 from tests.test_search import RUNNER_ENV, _nas, wait_for
 

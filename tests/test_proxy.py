@@ -8,20 +8,19 @@ import torch
 import yaml
 
 from detector.config import DetectorConfig
+from detector.data.prepare import SyntheticDataConfig, ensure_synthetic_dataset
 from detector.modeling.backbone import ResNetBackbone
 from nas_service.yaml_config import load_config
-from proxy_trainer import ProxyConfig
-from proxy_trainer.trainer import train_proxy
-from proxy_trainer.data import ensure_synthetic_dataset
-from proxy_trainer.config import SyntheticDataConfig
+from proxy_trainer import PROXY_PRESET, ProxyConfig
 from proxy_trainer.fit import learning_rate_factor, set_threads
-from proxy_trainer.trainer import _episode_model
+from proxy_trainer.trainer import _episode_model, train_proxy
 from search_spaces import fpn, known_architecture, nasfpn
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "proxy"
 
 
 def tiny_proxy_config(root: Path, **train) -> ProxyConfig:
+    """A proxy that trains in seconds; ``train`` changes its training settings."""
     return ProxyConfig.model_validate(
         {
             "dataset": {
@@ -44,14 +43,12 @@ def tiny_proxy_config(root: Path, **train) -> ProxyConfig:
                 "iterations": 4,
                 "batch_size": 2,
                 "warmup_iterations": 2,
-                "train_short_sides": [56, 72],
-                "train_max_size": 96,
-                "eval_short_side": 64,
-                "eval_max_size": 96,
-                "eval_batch_size": 3,
+                "short_sides": [56, 72],
+                "max_size": 96,
                 "threads": 1,
                 **train,
             },
+            "test": {"short_side": 64, "max_size": 96, "batch_size": 3},
         }
     )
 
@@ -85,11 +82,15 @@ def test_the_cell_changes_the_detector(data_root):
     assert with_fpn.loss_curve != with_nasfpn.loss_curve
 
 
+DIVERGING = {"learning_rate": 1e30, "warmup_iterations": 0}
+"""Training settings whose first step blows the weights up: the loss of iteration 1 is NaN."""
+
+
 def test_non_finite_loss_fails_with_a_reason(data_root):
-    result = train_proxy(nasfpn((2, 3, 4, 5, 6)), tiny_proxy_config(data_root, inject_nonfinite_loss_at=2))
+    result = train_proxy(nasfpn((2, 3, 4, 5, 6)), tiny_proxy_config(data_root, **DIVERGING))
     assert result.status == "failed"
-    assert result.error.startswith("non-finite loss nan at iteration 2 (")
-    assert result.iterations == 2 and result.metrics == {}
+    assert result.error.startswith("non-finite loss nan at iteration 1 (")
+    assert result.iterations == 1 and result.metrics == {}
 
 
 def test_synthetic_dataset_is_reused_only_with_the_same_settings(data_root):
@@ -123,6 +124,17 @@ def test_dataset_config_rejects_training_on_the_reward_split(tmp_path):
     data["dataset"] = {"train_annotations": same, "train_images": "x", "val_annotations": same, "val_images": "x"}
     with pytest.raises(ValueError, match="the reward split must differ"):
         ProxyConfig.model_validate(data)
+
+
+def test_the_proxy_preset_fills_what_a_config_leaves_out(tmp_path):
+    config = ProxyConfig.model_validate(
+        {"dataset": {"synthetic": {"root": str(tmp_path)}}, "detector": {}, "train": {"iterations": 7}}
+    )
+    assert config.train.iterations == 7 and config.train.batch_size == PROXY_PRESET["train"]["batch_size"]
+    assert (config.train.schedule, config.test.short_side, config.dataset.num_workers) == ("cosine", 128, 0)
+    with pytest.raises(ValueError, match="dataset.sampler: the proxy draws its training images uniformly"):
+        ProxyConfig.model_validate({"dataset": {"synthetic": {"root": str(tmp_path)}, "sampler": {"kind": "class_aware"}},
+                                    "detector": {}})
 
 
 def test_frozen_backbone_stages_keep_their_bn_statistics():

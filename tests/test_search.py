@@ -14,10 +14,12 @@ from ray.cluster_utils import Cluster
 
 from controller.controller import Controller
 from nas_service.lease import new_token
-from nas_service.runner import CheckpointError, run_search
+from nas_service.search_run import CheckpointError
+from nas_service.tune_adapter import run_search
 from nas_service.search_config import SearchConfig, load_search_config
 from nas_service.store import EpisodeStore
 from tests.seeding import search_config
+from tests.test_proxy import DIVERGING
 
 REPO = Path(__file__).resolve().parent.parent
 LEASE_SECONDS = "4"
@@ -60,7 +62,7 @@ def test_failures_are_retried_then_penalised(tmp_path, data_root):
     config = search_config(
         data_root,
         episodes=2,
-        train={"inject_nonfinite_loss_at": 0},
+        train=DIVERGING,
         failures={"max_retries": 1, "penalty_reward": -0.5},
     )
     search_id = create(store, config, "failing")
@@ -69,7 +71,7 @@ def test_failures_are_retried_then_penalised(tmp_path, data_root):
     for episode in store.list_episodes(search_id):
         assert episode.status == "failed" and episode.attempts == 2
         assert episode.reward == -0.5
-        assert episode.error.startswith("non-finite loss nan at iteration 0")
+        assert episode.error.startswith("non-finite loss nan at iteration 1")
     assert not Controller.from_bytes(store.latest_checkpoint(search_id).state).pending
 
 

@@ -1,4 +1,11 @@
-"""Full detector training and testing settings: what `nas export best --to detector-config` writes.
+"""The training and testing vocabulary shared by the proxy and the full trainer, and the full recipe.
+
+One set of sections for both: ``DatasetConfig`` (data), ``TrainSettings`` (optimisation, schedule,
+input sizes, runtime) and ``TestSettings`` (test sizes). The full trainer adds checkpoints,
+initialisation and distribution (``FullTrainSettings``) and TTA and ensembles (``FullTestSettings``).
+The sections' defaults are the full-size recipe's; a recipe that differs says so in a preset, values
+merged under what its config file gives (``with_preset``): the proxy's short schedule and small sizes
+(``proxy_trainer.config.PROXY_PRESET``), and the model choices of the 2019 solution (``FULL_PRESET``).
 
 ``DetectorTrainingConfig(dataset=...)`` is a complete full-size recipe, the 2019 solution's
 (Baidu, Objects365 Challenge 2019): Cascade R-CNN R-50 with FPN -> NAS-FPN (7 repeats, 256
@@ -9,11 +16,11 @@ sides 400..1400 (max 1600) and multi-scale + flip testing at 400..1400 (max 2100
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from detector.config import CascadeConfig, DetectorConfig, PostProcessConfig, SamplerKind, StrictModel
+from detector.config import DetectorConfig, SamplerKind, StrictModel
 from detector.data.prepare import DatasetPaths, SyntheticDataConfig, ensure_synthetic_dataset
 
 if TYPE_CHECKING:  # the dataset (torch) loads when a run reads it, not when a config is read
@@ -69,11 +76,11 @@ class DatasetConfig(StrictModel):
     synthetic: SyntheticDataConfig | None = None
     """Instead of the four paths: the generated synthetic set (for tests and demos)."""
     sampler: SamplerConfig = SamplerConfig()
-    """Training image sampler."""
-    num_workers: int = Field(4, ge=0)
-    """DataLoader worker processes per training process (0: load in the main process)."""
+    """Training image sampler of the full trainer (the proxy draws a seeded uniform shuffle)."""
+    num_workers: int = Field(4, ge=0, le=64)
+    """DataLoader worker processes per process (0: load in the main process)."""
     max_val_images: int | None = Field(None, ge=1)
-    """Evaluate on the first N images of the evaluation split only."""
+    """Evaluate on the first N images of the evaluation split only (for the proxy: a faster, noisier reward)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetConfig":
@@ -105,32 +112,6 @@ class DatasetConfig(StrictModel):
         )
 
 
-class FullCascadeConfig(CascadeConfig):
-    """Cascade heads with the 2019 solution's large-resolution (14x14) box head."""
-
-    box_head_resolution: Literal[7, 14] = 14
-    """RoIAlign output size; 14 is the 2019 solution's large-resolution box head, 7 the usual one."""
-
-
-class FullPostProcessConfig(PostProcessConfig):
-    """Gaussian Soft-NMS with sigma 0.15, Baidu's Objects365 setting."""
-
-    nms: Literal["hard", "linear", "gaussian"] = "gaussian"
-    """Per-class hard NMS, or Soft-NMS (the 2019 solution used gaussian Soft-NMS)."""
-    sigma: float = 0.15
-    """Gaussian Soft-NMS: score decay exp(-iou^2 / sigma)."""
-
-
-class FullDetectorConfig(DetectorConfig):
-    """The 2019 solution's model: ResNet-50, FPN -> NAS-FPN (7 x 256), 14x14 box head, adaptive testing,
-    Soft-NMS. Defaults hold per field, so a partial ``detector:`` section keeps the others."""
-
-    cascade: FullCascadeConfig = FullCascadeConfig()
-    """Cascade stages, box head and test mode."""
-    postprocess: FullPostProcessConfig = FullPostProcessConfig()
-    """Score threshold and NMS of the final detections."""
-
-
 class DistributedConfig(StrictModel):
     """Data-parallel training; processes are started by ``torchrun`` (see docs/training.md)."""
 
@@ -141,10 +122,18 @@ class DistributedConfig(StrictModel):
     normalise over the whole batch; GN needs no synchronisation."""
 
 
+MAX_IMAGE_SIDE = 4096
+"""Largest image side trained or tested at (the full recipe's largest is 2100)."""
+MAX_ITERATIONS = 1_000_000
+ImageSide = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]
+
+
 class TrainSettings(StrictModel):
-    iterations: int = Field(350_000, ge=1)
+    """Optimisation, schedule, input sizes and runtime: what the one training loop reads."""
+
+    iterations: int = Field(350_000, ge=1, le=MAX_ITERATIONS)
     """Optimizer steps (the 2019 solution's sampling comparison ran 350k iterations)."""
-    batch_size: int = Field(2, ge=1)
+    batch_size: int = Field(2, ge=1, le=1024)
     """Images per process and step; the global batch is this times the number of processes."""
     learning_rate: float = Field(0.02, gt=0)
     """Base learning rate for the default 16-image global batch (scale it linearly with the batch)."""
@@ -152,7 +141,7 @@ class TrainSettings(StrictModel):
     """SGD momentum."""
     weight_decay: float = Field(1e-4, ge=0)
     """SGD weight decay."""
-    warmup_iterations: int = Field(1000, ge=0)
+    warmup_iterations: int = Field(1000, ge=0, le=MAX_ITERATIONS)
     """Linear warm-up steps."""
     warmup_factor: float = Field(0.001, gt=0, le=1)
     """Learning-rate factor at the first step of the warm-up."""
@@ -164,26 +153,42 @@ class TrainSettings(StrictModel):
     """Step schedule decay factor."""
     grad_clip: float | None = Field(35.0, gt=0)
     """Clip the gradients' global L2 norm to this (None: no clipping)."""
-    short_sides: tuple[int, int] = (400, 1400)
+    short_sides: tuple[ImageSide, ImageSide] = (400, 1400)
     """Multi-scale training: the short side is drawn uniformly from this inclusive range."""
-    max_size: int = Field(1600, ge=1)
+    max_size: ImageSide = 1600
     """Cap on the long side after resizing."""
     flip_probability: float = Field(0.5, ge=0, le=1)
     """Horizontal flip probability."""
-    checkpoint_every: int = Field(10_000, ge=1)
-    """Write a checkpoint every N iterations (and always at the end)."""
-    keep_checkpoints: int = Field(3, ge=1)
-    """Periodic checkpoints kept in the work directory (older ones are deleted; the final one stays)."""
     log_every: int = Field(20, ge=1)
-    """Print progress and write TensorBoard scalars every N iterations."""
+    """Log progress (and write TensorBoard scalars) every N iterations, and at the first and last."""
     amp: bool = True
     """Mixed precision; used on CUDA only, CPU runs stay float32."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA when available."""
     seed: int = 0
     """Seeds weights, sampling, augmentation and RoI sampling; CPU runs repeat exactly."""
-    threads: int | None = Field(None, ge=1)
-    """CPU threads for torch per process (None: torch's default)."""
+    threads: int | None = Field(None, ge=1, le=1024)
+    """CPU threads for torch per process. None: the proxy takes the CPUs its trial was given, else the
+    CPUs this process may run on (never torch's default, which oversubscribes a shared machine); the
+    full trainer keeps torch's default (torchrun sets one thread per process)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainSettings":
+        low, high = self.short_sides
+        if not low <= high:
+            raise ValueError(f"short_sides: expected 0 < low <= high, got {list(self.short_sides)}")
+        if list(self.steps) != sorted(self.steps) or any(s <= 0 for s in self.steps):
+            raise ValueError(f"steps: expected increasing positive iterations, got {list(self.steps)}")
+        return self
+
+
+class FullTrainSettings(TrainSettings):
+    """The full trainer's: the shared settings, and checkpoints, initialisation and distribution."""
+
+    checkpoint_every: int = Field(10_000, ge=1)
+    """Write a checkpoint every N iterations (and always at the end)."""
+    keep_checkpoints: int = Field(3, ge=1)
+    """Periodic checkpoints kept in the work directory (older ones are deleted; the final one stays)."""
     init_from: Path | None = None
     """Checkpoint to start from (e.g. COCO-pretrained): layers with matching names and shapes load."""
     init_classes: Literal["remap", "reinit"] = "remap"
@@ -194,12 +199,7 @@ class TrainSettings(StrictModel):
     """Multi-GPU / multi-node options."""
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainSettings":
-        low, high = self.short_sides
-        if not 0 < low <= high:
-            raise ValueError(f"short_sides: expected 0 < low <= high, got {list(self.short_sides)}")
-        if list(self.steps) != sorted(self.steps) or any(s <= 0 for s in self.steps):
-            raise ValueError(f"steps: expected increasing positive iterations, got {list(self.steps)}")
+    def _warmup_within(self) -> "FullTrainSettings":
         if self.warmup_iterations >= self.iterations:
             raise ValueError(
                 f"warmup_iterations: {self.warmup_iterations} is not below iterations ({self.iterations})"
@@ -248,37 +248,66 @@ class EnsembleConfig(StrictModel):
     """soft_nms fusion with gaussian decay: exp(-iou^2 / sigma)."""
 
 
-class EvalSettings(StrictModel):
-    short_side: int = Field(800, ge=1)
-    """Single-scale test: short side in pixels."""
-    max_size: int = Field(1333, ge=1)
-    """Single-scale test: cap on the long side."""
-    batch_size: int = Field(1, ge=1)
+class TestSettings(StrictModel):
+    """Single-scale testing: the proxy's reward and ``nas eval`` without TTA."""
+
+    short_side: ImageSide = 800
+    """Short side in pixels."""
+    max_size: ImageSide = 1333
+    """Cap on the long side."""
+    batch_size: int = Field(1, ge=1, le=1024)
     """Images per forward pass."""
+
+
+class FullTestSettings(TestSettings):
+    """The full trainer's: single-scale testing, and TTA and ensembles."""
+
     tta: TTAConfig = TTAConfig()
     """Multi-scale + flip testing."""
     ensemble: EnsembleConfig = EnsembleConfig()
     """Box fusion of several checkpoints."""
 
 
+FULL_PRESET: dict[str, Any] = {
+    "detector": {
+        "cascade": {"box_head_resolution": 14},
+        "postprocess": {"nms": "gaussian", "sigma": 0.15},
+    }
+}
+"""The 2019 solution's model choices beyond the sections' defaults: the 14x14 box head and gaussian
+Soft-NMS with sigma 0.15 (Baidu's Objects365 setting)."""
+
+
+def with_preset(preset: Mapping[str, Any], data: Any) -> Any:
+    """``data`` (a config's fields) over ``preset``, section by section: a field a config gives wins, one
+    it leaves out takes the preset's value, else the section's default. A section given as a model
+    object is complete and taken as it is."""
+    if not isinstance(data, Mapping):
+        return data
+    merged = dict(data)
+    for name, value in preset.items():
+        if name not in merged:
+            merged[name] = value
+        elif isinstance(value, Mapping) and not isinstance(merged[name], BaseModel):
+            merged[name] = with_preset(value, merged[name])
+    return merged
+
+
 class DetectorTrainingConfig(StrictModel):
-    """Everything ``nas train`` and ``nas eval`` need."""
+    """Everything ``nas train`` and ``nas eval`` need; ``FULL_PRESET`` under what a file gives."""
 
     source: ExportSource | None = None
     """Provenance written by ``nas export``; informational."""
     dataset: DatasetConfig
     """Training and evaluation data."""
-    detector: FullDetectorConfig = FullDetectorConfig()
+    detector: DetectorConfig = DetectorConfig.model_validate(FULL_PRESET["detector"])
     """The Cascade R-CNN; ``neck.architecture`` is the searched cell."""
-    train: TrainSettings = TrainSettings()
+    train: FullTrainSettings = FullTrainSettings()
     """Schedule, augmentation, checkpoints, initialisation and distribution."""
-    test: EvalSettings = EvalSettings()
+    test: FullTestSettings = FullTestSettings()
     """Single-scale testing, TTA and ensembles."""
 
-    @field_validator("detector", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _accept_plain_detector(cls, value: object) -> object:
-        """A plain ``DetectorConfig`` is taken as it is, all of its values explicit."""
-        if isinstance(value, DetectorConfig) and not isinstance(value, FullDetectorConfig):
-            return value.model_dump()
-        return value
+    def _full_preset(cls, data: Any) -> Any:
+        return with_preset(FULL_PRESET, data)

@@ -10,9 +10,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from detector.coco_eval import coco_results_by_image, evaluate_detections
+from detector.config import DetectorConfig
 from detector.data.coco import CocoDetection
 from detector.engine.checkpoints import load_checkpoint, model_state
-from detector.engine.config import DetectorTrainingConfig, FullDetectorConfig
+from detector.engine.config import DetectorTrainingConfig
 from detector.engine.runtime import resolve_device
 from detector.inference import Detections, detect, detect_tta, fuse, view_transform
 from detector.modeling import CascadeRCNN, build_detector
@@ -66,7 +67,7 @@ def load_for_testing(config: DetectorTrainingConfig, path: Path, class_names: li
     """
     state = load_checkpoint(path)
     if "config" in state:
-        stored = FullDetectorConfig.model_validate(state["config"]["detector"])
+        stored = DetectorConfig.model_validate(state["config"]["detector"])
         stored_names = state["class_names"]
     else:
         stored, stored_names = config.detector, None

@@ -18,7 +18,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any fixed key: concurrent first opens of a PostgreSQL database queue on it instead of racing to
 # create the same tables. SQLite gets the same effect from BEGIN IMMEDIATE.
 _PG_MIGRATION_LOCK = 0x6E61_7366_706E
-HEAD = "0003"
+HEAD = "0004"
 """The newest revision in ``migrations/versions`` (tests/test_migrations.py checks it is Alembic's head)."""
 
 
