@@ -9,10 +9,11 @@ import yaml
 
 from detector.config import DetectorConfig
 from detector.data.prepare import SyntheticDataConfig, ensure_synthetic_dataset
+from detector.engine.loop import TrainLoop
 from detector.modeling.backbone import ResNetBackbone
 from nas_service.yaml_config import load_config
 from proxy_trainer import PROXY_PRESET, ProxyConfig
-from proxy_trainer.fit import learning_rate_factor, set_threads
+from proxy_trainer.fit import set_threads
 from proxy_trainer.trainer import _episode_model, train_proxy
 from search_spaces import fpn, known_architecture, nasfpn
 
@@ -103,7 +104,8 @@ def test_synthetic_dataset_is_reused_only_with_the_same_settings(data_root):
 
 def test_learning_rate_schedule_warms_up_then_decays(data_root):
     config = tiny_proxy_config(data_root, iterations=100, warmup_iterations=10, warmup_factor=0.01)
-    factors = [learning_rate_factor(i, config.train) for i in range(100)]
+    loop = TrainLoop(torch.nn.Linear(1, 1), config.train, torch.device("cpu"), log=lambda _: None)
+    factors = [loop.scheduler.lr_lambdas[0](i) for i in range(100)]
     assert factors[0] == pytest.approx(0.01)
     assert factors[10] == pytest.approx(1.0)
     assert all(a <= b for a, b in zip(factors[:10], factors[1:11]))

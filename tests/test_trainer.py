@@ -59,10 +59,10 @@ def test_training_logs_checkpoints_and_tensorboard(uninterrupted):
     assert sorted(p.name for p in work_dir.glob("model_*.pth")) == [
         "model_0000002.pth", "model_0000004.pth", "model_0000006.pth", FINAL
     ]
-    progress = [line for line in lines if line.startswith("iter ")]
-    assert len(progress) == 8 and progress[-1].startswith("iter 8/8  loss ")
+    progress = [line for line in lines if line.startswith("iteration ")]
+    assert len(progress) == 8 and progress[-1].startswith("iteration 8/8  loss ")
     # tiny.yaml: lr 0.02, a step schedule (gamma 0.1 by default) at iteration 4 -> 0.002 at the end.
-    assert "img/s  eta 00:00:00" in progress[-1] and " lr 0.002" in progress[-1]
+    assert "img/s  ETA 00:00:00" in progress[-1] and " lr 0.002" in progress[-1]
     assert list((work_dir / "tensorboard").glob("events.out.tfevents.*"))
     state = load_checkpoint(result.checkpoint)
     assert state["iteration"] == 8 and state["loss_curve"] == result.loss_curve

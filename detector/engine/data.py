@@ -1,9 +1,10 @@
-"""The training data pipeline: COCO-format images, a sampler, per-sample augmentation, padded batches."""
+"""The training data pipelines: the full trainer's (a sampler, position-keyed augmentation, DataLoader workers)
+and the proxy's seeded shuffle; both end in padded batches."""
 
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -82,3 +83,14 @@ def build_train_loader(
         generator=torch.Generator().manual_seed(train.seed),
         persistent_workers=config.dataset.num_workers > 0,
     )
+
+
+def shuffled_batches(dataset: CocoDetection, batch_size: int, seed: int) -> Iterator[tuple]:
+    """Endless padded batches of a uniform shuffle, reshuffled every epoch from a seeded generator; the
+    dataset's own transforms augment (the proxy's stream: one process, no sampler, no resume)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch_size = min(batch_size, len(dataset))
+    while True:
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield collate_padded([dataset[i] for i in order[start : start + batch_size]])

@@ -1,20 +1,17 @@
 """The full detector trainer: ``train(config, work_dir)`` and its exact resume.
 
-SGD with warm-up and a step or cosine schedule, AMP on CUDA, gradient clipping, checkpoints every
-``checkpoint_every`` iterations and at the end, data parallelism under ``torchrun``. A resumed run
-restores model, optimizer, scheduler, scaler and every process's RNG states, and restarts the
-sampler's stream (a pure function of the seed) where it stopped, so on the CPU it reproduces the
-uninterrupted run bit for bit.
+The engine's one loop (``detector.engine.loop``) with the full recipe's hooks: checkpoints every
+``checkpoint_every`` iterations and at the end, TensorBoard scalars, data parallelism under
+``torchrun``. A resumed run restores model, optimizer, scheduler, scaler and every process's RNG
+states, and restarts the sampler's stream (a pure function of the seed) where it stopped, so on the
+CPU it reproduces the uninterrupted run bit for bit.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -30,14 +27,12 @@ from detector.engine.checkpoints import (
 )
 from detector.engine.config import DetectorTrainingConfig
 from detector.engine.data import build_train_loader
+from detector.engine.loop import HookBase, Log, TrainLoop
 from detector.engine.model import detector_config
 from detector.engine.runtime import capture_rng_state, resolve_device, restore_rng_state, seed_everything
-from detector.engine.schedule import lr_factor
-from detector.engine.step import apply_gradients, compute_losses, loss_summary
 from detector.modeling import build_detector
-from nas_errors import TrainingError, UserError
+from nas_errors import UserError
 
-Log = Callable[[str], None]
 # Settings a resumed run must share with the run it continues, or it would not continue it.
 _RESUME_FIXED = ("dataset.sampler", "train.batch_size", "train.seed", "train.short_sides", "train.max_size")
 
@@ -93,34 +88,17 @@ class _Run:
         dataset = config.dataset.load("train")
         self.dataset = dataset
         model = build_detector(detector_config(config, dataset.num_classes)).to(self.device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            params, lr=train.learning_rate, momentum=train.momentum, weight_decay=train.weight_decay
-        )
-        schedule = functools.partial(
-            lr_factor,
-            iterations=train.iterations,
-            warmup_iterations=train.warmup_iterations,
-            warmup_factor=train.warmup_factor,
-            schedule=train.schedule,
-            steps=train.steps,
-            gamma=train.gamma,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        scaler = torch.amp.GradScaler("cuda", enabled=train.amp and self.device.type == "cuda")
-        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
-
+        self.model = model
         checkpoint = self._resume_state() if resume else None
-        init_report = None
-        if checkpoint is None and train.init_from is not None:
-            init_report = init_from_checkpoint(
-                model, train.init_from, dataset.class_names, train.init_classes, train.init_class_map
-            )
-            for line in init_report.lines():
-                self.log(line)
-        start, loss_curve = self._restore(checkpoint)
+        checkpointer = _Checkpointer(self)
+        hooks: list[HookBase] = [_TensorBoard(self.work_dir), checkpointer]
+        if checkpoint is not None:
+            hooks.append(_RestoreRng(checkpoint["rng"][self.rank]))  # last: setting up the others may draw
+        loop = self.loop = TrainLoop(model, train, self.device, self.log, hooks)
+        init_report = self._start_from(checkpoint)
+        start = loop.iteration
         ddp = dist.wrap_model(model, self.device, train.distributed.sync_bn)
-        result = TrainResult(start, start, self.work_dir / FINAL, loss_curve, init_report=init_report)
+        result = TrainResult(start, start, self.work_dir / FINAL, loop.loss_curve, init_report=init_report)
         if start >= train.iterations:
             self.log(f"already trained {start} of {train.iterations} iterations; nothing to do")
             result.checkpoint = latest_checkpoint(self.work_dir) or result.checkpoint
@@ -129,8 +107,27 @@ class _Run:
             f"training {start} -> {train.iterations} iterations on {self.world_size} process(es), {self.device}, "
             f"{len(dataset)} images, {dataset.num_classes} classes, sampler {config.dataset.sampler.kind}"
         )
-        self._loop(ddp, params, start, result, None if checkpoint is None else checkpoint["rng"][self.rank])
+        loader = build_train_loader(config, dataset, self.rank, self.world_size, start)
+        loop.run(iter(loader), forward=ddp)
+        result.iterations, result.checkpoint = loop.iteration, checkpointer.last
+        result.images_per_second = loop.images_per_second
         return result
+
+    def _start_from(self, checkpoint: dict[str, Any] | None) -> InitReport | None:
+        """Model and loop as a resumed ``checkpoint`` left them, else the weights of ``train.init_from``."""
+        train = self.config.train
+        if checkpoint is not None:
+            self.model.load_state_dict(checkpoint["model"])
+            self.loop.load_state_dict(checkpoint)
+            return None
+        if train.init_from is None:
+            return None
+        report = init_from_checkpoint(
+            self.model, train.init_from, self.dataset.class_names, train.init_classes, train.init_class_map
+        )
+        for line in report.lines():
+            self.log(line)
+        return report
 
     # -- resume --------------------------------------------------------------------------------------
 
@@ -158,98 +155,16 @@ class _Run:
             if before != after:
                 raise UserError(f"{path}: {dotted} was {before}, the config now says {after}; a resume keeps it")
 
-    def _restore(self, state: dict[str, Any] | None) -> tuple[int, list[float]]:
-        """Load a checkpoint's model, optimizer, scheduler and scaler states."""
-        if state is None:
-            return 0, []
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        return state["iteration"], list(state["loss_curve"])
-
-    # -- the loop ------------------------------------------------------------------------------------
-
-    def _loop(
-        self,
-        ddp: torch.nn.Module,
-        params: list[torch.Tensor],
-        start: int,
-        result: TrainResult,
-        rng_state: dict[str, Any] | None,
-    ) -> None:
-        train = self.config.train
-        loader = build_train_loader(self.config, self.dataset, self.rank, self.world_size, start)
-        batches = iter(loader)
-        writer = self._writer()
-        meter = _Meter(train.iterations, start, train.batch_size * self.world_size)
-        ddp.train()
-        if rng_state is not None:  # just before the first step: setting up DDP and logging may draw from it
-            restore_rng_state(rng_state)
-        for iteration in range(start, train.iterations):
-            losses = compute_losses(ddp, next(batches), self.device, train.amp)
-            loss = sum(losses.values())
-            if not dist.all_true(bool(torch.isfinite(loss))):
-                raise TrainingError(
-                    f"non-finite loss at iteration {iteration} on some process (here: {loss_summary(losses)})"
-                )
-            grad_norm = apply_gradients(loss, self.optimizer, self.scaler, params, train.grad_clip)
-            self.scheduler.step()
-            done = iteration + 1
-            result.loss_curve.append(float(loss.detach()))
-            result.iterations = done
-            if done % train.log_every == 0 or done == train.iterations:
-                self._report(done, losses, grad_norm, meter, writer)
-            if done == train.iterations:
-                result.checkpoint = self._save(FINAL, done, result.loss_curve)
-            elif done % train.checkpoint_every == 0:
-                self._save(periodic_name(done), done, result.loss_curve)
-        result.images_per_second = meter.images_per_second()
-        if writer is not None:
-            writer.close()
-
-    def _writer(self):
-        if not dist.is_main():
-            return None
-        from torch.utils.tensorboard import SummaryWriter  # imported late: tensorboard is slow to import
-
-        return SummaryWriter(str(self.work_dir / "tensorboard"))
-
-    def _report(
-        self, done: int, losses: dict[str, torch.Tensor], grad_norm: float | None, meter: "_Meter", writer
-    ) -> None:
-        values = {name: float(value.detach()) for name, value in losses.items()}
-        values = dist.mean_over_processes(values)
-        total = sum(values.values())
-        lr = self.optimizer.param_groups[0]["lr"]
-        speed, eta = meter.update(done)
-        parts = " ".join(f"{name} {value:.3f}" for name, value in values.items())
-        self.log(
-            f"iter {done}/{self.config.train.iterations}  loss {total:.4f} ({parts})  lr {lr:.5g}  "
-            f"{speed:.2f} img/s  eta {_duration(eta)}"
-        )
-        if writer is not None:
-            writer.add_scalar("loss/total", total, done)
-            for name, value in values.items():
-                writer.add_scalar(f"loss/{name}", value, done)
-            writer.add_scalar("lr", lr, done)
-            writer.add_scalar("images_per_second", speed, done)
-            if grad_norm is not None:
-                writer.add_scalar("grad_norm", grad_norm, done)
-
-    def _save(self, name: str, done: int, loss_curve: list[float]) -> Path:
+    def save(self, name: str) -> Path:
+        """Write a checkpoint of the loop's state (every process calls this; the first writes)."""
         rng = dist.all_gather_objects(capture_rng_state())
         path = self.work_dir / name
         if dist.is_main():
             state = {
                 "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "iteration": done,
+                **self.loop.state_dict(),
                 "rng": rng,
                 "world_size": self.world_size,
-                "loss_curve": list(loss_curve),
                 "class_names": self.dataset.class_names,
                 "category_ids": [c["id"] for c in self.dataset.categories],
                 "config": self.config.model_dump(mode="json"),
@@ -260,30 +175,58 @@ class _Run:
         return path
 
 
-class _Meter:
-    """Images per second since the last report and the time left at the rate so far."""
+class _Checkpointer(HookBase):
+    """A checkpoint every ``checkpoint_every`` iterations and the final one at the end."""
 
-    def __init__(self, iterations: int, start: int, images_per_iteration: int) -> None:
-        self.iterations, self.start, self.images = iterations, start, images_per_iteration
-        self.begin = self.last = time.perf_counter()
-        self.last_iteration = start
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.last = run.work_dir / FINAL
 
-    def update(self, done: int) -> tuple[float, float]:
-        now = time.perf_counter()
-        speed = (done - self.last_iteration) * self.images / max(now - self.last, 1e-9)
-        self.last, self.last_iteration = now, done
-        per_iteration = (now - self.begin) / max(done - self.start, 1)
-        return speed, per_iteration * (self.iterations - done)
-
-    def images_per_second(self) -> float:
-        return (self.last_iteration - self.start) * self.images / max(self.last - self.begin, 1e-9)
+    def after_step(self, loop: TrainLoop) -> None:
+        if loop.iteration == loop.train.iterations:
+            self.last = self.run.save(FINAL)
+        elif loop.iteration % self.run.config.train.checkpoint_every == 0:
+            self.last = self.run.save(periodic_name(loop.iteration))
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(math.ceil(seconds))
-    days, rest = divmod(seconds, 86_400)
-    text = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
-    return f"{days}d {text}" if days else text
+class _TensorBoard(HookBase):
+    """The loop's reports as TensorBoard scalars, written by the first process into ``work_dir/tensorboard``."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir, self.writer = work_dir, None
+
+    def before_train(self, loop: TrainLoop) -> None:
+        if dist.is_main():
+            from torch.utils.tensorboard import SummaryWriter  # imported late: tensorboard is slow to import
+
+            self.writer = SummaryWriter(str(self.work_dir / "tensorboard"))
+
+    def after_step(self, loop: TrainLoop) -> None:
+        progress = loop.progress
+        if self.writer is None or progress is None:
+            return
+        done = progress.iteration
+        self.writer.add_scalar("loss/total", progress.loss, done)
+        for name, value in progress.losses.items():
+            self.writer.add_scalar(f"loss/{name}", value, done)
+        self.writer.add_scalar("lr", progress.learning_rate, done)
+        self.writer.add_scalar("images_per_second", progress.images_per_second, done)
+        if progress.grad_norm is not None:
+            self.writer.add_scalar("grad_norm", progress.grad_norm, done)
+
+    def after_train(self, loop: TrainLoop) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _RestoreRng(HookBase):
+    """A resume's RNG states, restored just before its first step."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    def before_train(self, loop: TrainLoop) -> None:
+        restore_rng_state(self.state)
 
 
 def _lookup(data: dict[str, Any], dotted: str) -> Any:
