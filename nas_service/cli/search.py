@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from nas_errors import UserError
 from nas_service.cli.common import DB_OPTION, RAY_OPTION, open_store, store_url
+from nas_service.comparison import compare_with_seed
 from nas_service.launcher import create_search, start_runner
 from nas_service.lease import RunnerLease
 from nas_service.lifecycle import SearchStatus, store_patience
-from nas_service.search_config import load_search_config
+from nas_service.search_config import RewardNoise, SearchConfig, load_search_config
 from nas_service.store import EpisodeStore, SearchRecord
 from search_spaces import Architecture
 
@@ -28,16 +31,19 @@ def _run(
         typer.echo(f"search {search.id} running in the background ({where})")
         return
     _run_here(store, RunnerLease.acquire(store, search.id), ray_address)
+    served = "nas serve" if db is None else "nas serve --db URL"  # a URL may hold a password: not echoed
+    typer.echo(f"dashboard: run `{served}` and open http://127.0.0.1:8000/#/searches/{search.id}")
 
 
 def _run_here(store: EpisodeStore, lease: RunnerLease, ray_address: Optional[str]) -> None:
     """Run the search held by ``lease`` in this process, with the live progress display."""
     # Imported here: Ray and the runner add a second to the start-up of every other command.
-    from nas_service.progress import SearchProgress
-    from nas_service.runner import Interrupted, run_search
+    from nas_service.progress import search_progress
+    from nas_service.search_run import Interrupted
+    from nas_service.tune_adapter import run_search
 
     try:
-        with SearchProgress(store, lease.search_id):
+        with search_progress(store, lease.search_id):
             search = run_search(store, lease.search_id, ray_address=ray_address, lease=lease)
     except Interrupted as interrupt:
         typer.echo(
@@ -45,6 +51,24 @@ def _run_here(store: EpisodeStore, lease: RunnerLease, ray_address: Optional[str
         )
         raise typer.Exit(128 + interrupt.signum) from None
     _print_summary(store, search.id, top=5)
+
+
+def _with_noise(config: SearchConfig, report_path: Path) -> SearchConfig:
+    """``config`` carrying the paired noise of a saved fidelity report on its proxy (refused for another)."""
+    from proxy_trainer.fidelity import measured_noise  # imports torch: only when asked
+
+    try:
+        report = json.loads(report_path.read_text())
+    except OSError as error:
+        raise UserError(f"{report_path}: cannot read ({error.strerror})") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{report_path}: not JSON ({error.msg}, line {error.lineno})") from None
+    if not isinstance(report, dict):
+        raise UserError(f"{report_path}: not a report of `nas proxy fidelity --json` (not a JSON object)")
+    noise = measured_noise(report, config.proxy, config.reward.metric, str(report_path))
+    source = f"{report_path.name}: {len(noise.cells)} cells x {noise.seeds} seeds"
+    carried = RewardNoise(paired=noise.paired_noise, cells=noise.cells, source=source)
+    return config.model_copy(update={"reward": config.reward.model_copy(update={"noise": carried})})
 
 
 def _runner_store(db: Optional[str], create: bool = False) -> EpisodeStore:
@@ -56,12 +80,17 @@ def _runner_store(db: Optional[str], create: bool = False) -> EpisodeStore:
 def search_start(
     config_path: Path = typer.Option(..., "-c", "--config", help="Search config YAML (see configs/search/)."),
     name: Optional[str] = typer.Option(None, "--name", help="Unique name (default: config name + time)."),
+    fidelity: Optional[Path] = typer.Option(
+        None, "--fidelity", help="A report of `nas proxy fidelity --json` on this proxy: the search carries its noise."
+    ),
     db: Optional[str] = DB_OPTION,
     ray_address: Optional[str] = RAY_OPTION,
     detach: bool = DETACH_OPTION,
 ) -> None:
     """Create a search from a config and run it, with a live progress display."""
     config = load_search_config(config_path)
+    if fidelity is not None:
+        config = _with_noise(config, fidelity)
     store = _runner_store(db, create=True)
     search = create_search(store, config, name, default_stem=config_path.stem)
     typer.echo(f"search {search.id} ({search.name}) created")
@@ -139,3 +168,6 @@ def _print_summary(store: EpisodeStore, search_id: int, top: int) -> None:
         typer.echo(
             f"#{rank} episode {episode.number:4d}  reward {episode.reward:.4f}  {episode.arch_hash[:12]}  {arch}"
         )
+    comparison = compare_with_seed(store, search)
+    for line in comparison.lines() if comparison is not None else []:
+        typer.echo(line)
