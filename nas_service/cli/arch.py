@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from nas_service.cli.common import LEVELS_OPTION, parse_levels
+from detector.config import NeckConfig
+from nas_service.cli.common import LEVELS_OPTION, config_option, parse_levels
 from search_spaces import KNOWN_ARCHITECTURES, neck_cost
 from search_spaces.render import render_svg
 from search_spaces.space import resolve_architecture
@@ -29,8 +30,8 @@ def arch_show(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the graph as SVG here."),
     levels: str = LEVELS_OPTION,
     image_size: int = typer.Option(640, help="Square input size for the FLOPs figure."),
-    width: int = typer.Option(256, help="Neck channels for the FLOPs figure."),
-    repeats: int = typer.Option(7, help="Cell repeats for the FLOPs figure."),
+    width: int = config_option(NeckConfig, "width", help="Neck channels for the FLOPs figure."),
+    repeats: int = config_option(NeckConfig, "repeats", help="Cell repeats for the FLOPs figure."),
 ) -> None:
     """Print an architecture (cells, hash, cost) and optionally draw it."""
     arch = resolve_architecture(spec, parse_levels(levels))

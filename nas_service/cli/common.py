@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+from pydantic import BaseModel
 
 from nas_errors import NotFound
 from search_spaces import DEFAULT_LEVELS
@@ -20,6 +21,11 @@ DB_OPTION = typer.Option(
 )
 RAY_OPTION = typer.Option(None, "--ray-address", help="Join this Ray cluster (default: $RAY_ADDRESS or a local Ray).")
 LEVELS_OPTION = typer.Option(",".join(map(str, DEFAULT_LEVELS)), "--levels", help="Pyramid levels, comma-separated.")
+
+
+def config_option(model: type[BaseModel], field: str, *names: str, **options: Any) -> Any:
+    """A ``typer.Option`` whose default is ``model``'s for ``field``, so a command and a config file never differ."""
+    return typer.Option(model.model_fields[field].default, *names, **options)
 
 
 def store_url(db: Optional[str]) -> str:

@@ -9,7 +9,9 @@ import typer
 from pydantic import ValidationError
 
 from detector.data.prepare import SyntheticDataConfig, ensure_synthetic_dataset
+from detector.engine.config import SamplerConfig
 from nas_errors import UserError
+from nas_service.cli.common import config_option
 
 if TYPE_CHECKING:
     import numpy as np
@@ -17,13 +19,12 @@ if TYPE_CHECKING:
 dataset_app = typer.Typer(help="Make and inspect datasets.", no_args_is_help=True)
 
 
-_SYNTH_FIELDS = SyntheticDataConfig.model_fields
 _OPTIONS = {"num_train": "--train", "num_val": "--val", "image_size": "--size", "num_classes": "--classes", "seed": "--seed"}
 
 
 def _synth_option(field: str, help: str) -> Any:
     """A ``nas dataset synth`` option whose default is ``SyntheticDataConfig``'s, so the two never differ."""
-    return typer.Option(_SYNTH_FIELDS[field].default, _OPTIONS[field], help=help)
+    return config_option(SyntheticDataConfig, field, _OPTIONS[field], help=help)
 
 
 @dataset_app.command("synth")
@@ -51,8 +52,12 @@ def dataset_synth(
 @dataset_app.command("stats")
 def dataset_stats(
     annotations: Path = typer.Argument(..., help="COCO-format annotation JSON (no image is read)."),
-    diversity_eps: float = typer.Option(1.0, "--diversity-eps", min=0.0, help="eps of class_diversity sampling."),
-    repeat_threshold: float = typer.Option(0.001, "--repeat-threshold", min=0.0, help="t of repeat_factor sampling."),
+    diversity_eps: float = config_option(
+        SamplerConfig, "diversity_eps", "--diversity-eps", min=0.0, help="eps of class_diversity sampling."
+    ),
+    repeat_threshold: float = config_option(
+        SamplerConfig, "repeat_threshold", "--repeat-threshold", min=0.0, help="t of repeat_factor sampling."
+    ),
     classes: int = typer.Option(30, "--classes", min=1, help="Show the N classes with the most boxes."),
     images: int = typer.Option(10, "--images", min=0, help="Show the weights of the first N images."),
 ) -> None:
@@ -63,8 +68,8 @@ def dataset_stats(
     images (1.0 = as often as uniform sampling)."""
     import numpy as np
 
-    from detector.data.coco import annotation_labels  # torch: only for the commands that read data
     from detector.config import SAMPLER_KINDS
+    from detector.data.coco import annotation_labels  # torch: only for the commands that read data
     from detector.data.samplers import class_exposure, sampling_weights
 
     names, labels = annotation_labels(annotations)

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 
+from detector.config import NeckConfig
+from nas_service.cli.common import config_option
+from nas_service.search_config import RewardConfig
 from nas_service.yaml_config import load_config
 from proxy_trainer.config import ProxyConfig
 from search_spaces.space import resolve_architecture
@@ -48,7 +51,9 @@ def _progress_on_stderr() -> Iterator[None]:
 @proxy_app.callback()
 def proxy(
     ctx: typer.Context,
-    arch: str = typer.Option("nasfpn", "--arch", help="The cell to train: a known name or a JSON file."),
+    arch: str = config_option(
+        NeckConfig, "architecture", "--arch", help="The cell to train: a known name or a JSON file."
+    ),
     config_path: Optional[Path] = typer.Option(None, "-c", "--config", help="Proxy config YAML (see configs/proxy/)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON here."),
     threads: Optional[int] = THREADS_OPTION,
@@ -118,7 +123,7 @@ def proxy_fidelity(
     reference_factor: Optional[float] = typer.Option(
         None, "--reference-factor", help="Also train each cell this many times longer (first seed) and compare orderings."
     ),
-    metric: str = typer.Option("AP", "--metric", help="The reward metric: AP or AP50."),
+    metric: str = config_option(RewardConfig, "metric", "--metric", help="The reward metric: AP or AP50."),
     threads: Optional[int] = THREADS_OPTION,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON here."),
 ) -> None:
