@@ -28,7 +28,6 @@ from detector.data.transforms import collate_padded, train_transforms
 from detector.modeling import build_detector
 from nas_service.yaml_config import load_config
 from proxy_trainer import ProxyConfig
-from proxy_trainer.data import prepare_dataset
 from proxy_trainer.fidelity import fidelity_cells, format_report, run_fidelity
 
 
@@ -108,7 +107,7 @@ def main() -> None:
     print("\n".join(format_report(report)))
 
     print(f"\n2. training step, batch {config.train.batch_size}, short side {config.train.short_sides}")
-    paths = prepare_dataset(config.dataset)
+    paths = config.dataset.paths()
     train = config.train
     dataset = CocoDetection(
         paths.train_annotations,

@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 
 from detector.config import DetectorConfig
+from detector.data.prepare import DatasetPaths
 from detector.engine.runtime import resolve_device, seed_everything
 from detector.modeling import CascadeRCNN, build_detector
 from nas_errors import TrainingError, UserError
 from proxy_trainer.config import ProxyConfig
-from proxy_trainer.data import DatasetPaths, prepare_dataset
 from proxy_trainer.fit import evaluate, fit, set_threads, training_set
 from search_spaces.architecture import Architecture
 from search_spaces.space import resolve_architecture
@@ -134,7 +134,7 @@ def make_base(config: ProxyConfig, output: Path | None = None, threads: int | No
     if config.base is None:
         raise UserError("base: the proxy config has no base section; add `base: {}` to use the defaults")
     set_threads(threads, config.train.threads)
-    paths = prepare_dataset(config.dataset)
+    paths = config.dataset.paths()
     return build_base(config, paths, output or base_path(config, base_depends(config, paths)))
 
 

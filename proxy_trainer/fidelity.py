@@ -23,7 +23,6 @@ from typing import Any, Callable, Mapping, Sequence
 from nas_errors import UserError
 from proxy_trainer.base import prepare_base
 from proxy_trainer.config import ProxyConfig
-from proxy_trainer.data import prepare_dataset
 from proxy_trainer.fit import log
 from proxy_trainer.trainer import ProxyResult, train_proxy
 from search_spaces.architecture import Architecture
@@ -291,7 +290,7 @@ def run_fidelity(
     if seeds < 1:
         raise UserError(f"seeds: at least 1, got {seeds}")
     start = time.perf_counter()
-    paths = prepare_dataset(config.dataset)
+    paths = config.dataset.paths()
     base = prepare_base(config, paths) if config.base is not None else None  # built or refused before episodes
     seed_list = [config.train.seed + i for i in range(seeds)]
     episodes: list[Episode] = []

@@ -19,7 +19,6 @@ from detector.engine.runtime import resolve_device, seed_everything
 from detector.modeling import CascadeRCNN, build_detector
 from proxy_trainer.base import CELL_PREFIX, ProxyBase, detector_config, load_parts, prepare_base
 from proxy_trainer.config import ProxyConfig
-from proxy_trainer.data import prepare_dataset
 from proxy_trainer.fit import evaluate, fit, log, set_threads, training_set
 from search_spaces.architecture import Architecture
 from search_spaces.cost import neck_cost
@@ -68,7 +67,7 @@ def train_proxy(architecture: Architecture, config: ProxyConfig, threads: int | 
     train = config.train
     device = resolve_device(train.device)
     threads, source = set_threads(threads, train.threads)
-    paths = prepare_dataset(config.dataset)
+    paths = config.dataset.paths()
     base = prepare_base(config, paths) if config.base is not None else None
     dataset = training_set(paths, train, config.dataset.objects365_v2_paths)
     model, frozen = _episode_model(config, architecture, dataset.num_classes, base)

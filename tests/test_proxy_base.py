@@ -11,11 +11,9 @@ from typer.testing import CliRunner
 from nas_errors import UserError
 from nas_service.cli import app
 from proxy_trainer import ProxyConfig
-from proxy_trainer.trainer import train_proxy
 from proxy_trainer.base import base_key, make_base, prepare_base, read_base
-from proxy_trainer.data import prepare_dataset
 from proxy_trainer.fit import fit, training_set
-from proxy_trainer.trainer import _episode_model
+from proxy_trainer.trainer import _episode_model, train_proxy
 from search_spaces import fpn, nasfpn
 from tests.test_proxy import tiny_proxy_config
 
@@ -55,7 +53,7 @@ def test_a_base_is_saved_with_its_held_out_metrics_and_what_it_depends_on(built)
     base = read_base(path)
     assert set(base.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"} and 0 <= base.metrics["AP"] <= 1
     assert {key.split(".")[0] for key in base.state} == {"backbone", "pyramid", "rpn", "roi_heads"}
-    train_annotations = prepare_dataset(config.dataset).train_annotations
+    train_annotations = config.dataset.paths().train_annotations
     assert base.depends["dataset.train_annotations"] == hashlib.sha256(train_annotations.read_bytes()).hexdigest()
     assert base.depends["backbone.depth"] == 18 and base.depends["neck.fpn_channels"] == 16
     assert base.key == base_key(base.depends) == hashlib.sha256(json.dumps(base.depends, sort_keys=True).encode()).hexdigest()
@@ -63,7 +61,7 @@ def test_a_base_is_saved_with_its_held_out_metrics_and_what_it_depends_on(built)
 
 def test_an_episode_loads_the_base_and_trains_only_what_is_not_frozen(built):
     config, path = built
-    base = prepare_base(config, prepare_dataset(config.dataset))
+    base = prepare_base(config, config.dataset.paths())
     model, frozen = _episode_model(config, nasfpn(LEVELS), 3, base)
     state = model.state_dict()
     for part in ("backbone", "pyramid", "rpn"):
@@ -71,7 +69,7 @@ def test_an_episode_loads_the_base_and_trains_only_what_is_not_frozen(built):
     assert not all(torch.equal(state[k], base.state[k]) for k in state if k.startswith("roi_heads."))
 
     train = config.train.model_copy(update={"iterations": 2, "learning_rate": 0.5})
-    fit(model, training_set(prepare_dataset(config.dataset), train), train, torch.device("cpu"), [], frozen)
+    fit(model, training_set(config.dataset.paths(), train), train, torch.device("cpu"), [], frozen)
     after = model.state_dict()
     frozen_keys = [k for k in after if k.startswith(("backbone.", "pyramid."))]
     assert any("running_mean" in k for k in frozen_keys)  # BN statistics are among what stays the base's
