@@ -164,7 +164,7 @@ def build_base(config: ProxyConfig, paths: DatasetPaths, output: Path) -> ProxyB
     if failure is not None:
         raise TrainingError(f"proxy base: {failure}; lower base.learning_rate")
     train_time = time.perf_counter() - start
-    metrics = evaluate(model, config, paths, device)
+    metrics = evaluate(model, config, device)
     state = {key: value.cpu() for key, value in model.state_dict().items() if not key.startswith(CELL_PREFIX)}
     key = base_key(depends)
     _save_atomically(

@@ -11,15 +11,14 @@ import logging
 
 import torch
 
-from detector.coco_eval import coco_results_by_image, evaluate_detections
 from detector.data.coco import CocoDetection
 from detector.data.prepare import DatasetPaths
 from detector.data.transforms import train_transforms
 from detector.engine.config import TrainSettings
 from detector.engine.cpus import available_cpus
 from detector.engine.data import shuffled_batches
+from detector.engine.evaluate import detect_single_scale, evaluation_split, score
 from detector.engine.loop import NonFiniteLoss, TrainLoop
-from detector.inference import detect, view_transform
 from detector.modeling import CascadeRCNN
 from proxy_trainer.config import ProxyConfig
 
@@ -71,16 +70,10 @@ def fit(
     return None
 
 
-def evaluate(model: CascadeRCNN, config: ProxyConfig, paths: DatasetPaths, device: torch.device) -> dict[str, float]:
-    """COCO metrics of ``model`` on the held-out split (its first ``dataset.max_val_images`` images)."""
-    dataset, test = config.dataset, config.test
-    val_set = CocoDetection(
-        paths.val_annotations, paths.val_images, train=False, rewrite_objects365_v2_paths=dataset.objects365_v2_paths
-    )
-    indices = list(range(len(val_set)))[: dataset.max_val_images]
-    transform = view_transform(test.short_side, test.max_size)
-    found = detect(
-        model, val_set, indices, transform, test.batch_size, device, config.train.amp, num_workers=dataset.num_workers
-    )
-    detections = coco_results_by_image(found, val_set.label_to_category_id)
-    return evaluate_detections(val_set.coco, detections, list(found))
+def evaluate(model: CascadeRCNN, config: ProxyConfig, device: torch.device) -> dict[str, float]:
+    """COCO metrics of ``model`` on the held-out split (its first ``dataset.max_val_images`` images), as the
+    full trainer tests at a single scale."""
+    val_set, indices = evaluation_split(config.dataset)
+    amp, workers = config.train.amp, config.dataset.num_workers
+    found = detect_single_scale(model, val_set, indices, config.test, device, amp, workers)
+    return score(val_set, found)[1]

@@ -98,7 +98,7 @@ def train_proxy(architecture: Architecture, config: ProxyConfig, threads: int | 
         result.status, result.error = "failed", failure
     else:
         eval_start = time.perf_counter()
-        result.metrics = evaluate(model, config, paths, device)
+        result.metrics = evaluate(model, config, device)
         result.eval_time = time.perf_counter() - eval_start
         log.info(f"episode: AP {result.metrics['AP']:.4f} AP50 {result.metrics['AP50']:.4f}, eval {result.eval_time:.1f} s")
     result.wall_time = time.perf_counter() - start

@@ -1,4 +1,5 @@
-"""``nas eval``: test one checkpoint or an ensemble on the evaluation split, score it with pycocotools."""
+"""Testing on the evaluation split, scored with pycocotools: ``nas eval`` (a checkpoint or an ensemble,
+single scale or TTA) and the proxy's reward (a model in memory, single scale)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from detector.coco_eval import coco_results_by_image, evaluate_detections
 from detector.config import DetectorConfig
 from detector.data.coco import CocoDetection
 from detector.engine.checkpoints import load_checkpoint, model_state
-from detector.engine.config import DetectorTrainingConfig
+from detector.engine.config import DatasetConfig, DetectorTrainingConfig, TestSettings
 from detector.engine.runtime import resolve_device
 from detector.inference import Detections, detect, detect_tta, fuse, view_transform
 from detector.modeling import CascadeRCNN, build_detector
@@ -43,8 +44,7 @@ def evaluate(
     device = resolve_device(config.train.device)
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
-    dataset = config.dataset.load("val")
-    indices = list(range(len(dataset)))[: config.dataset.max_val_images]
+    dataset, indices = evaluation_split(config.dataset)
     start = time.perf_counter()
     per_model = []
     for path in checkpoints:
@@ -53,9 +53,33 @@ def evaluate(
         per_model.append(_detect(config, model, dataset, indices, tta, device))
     detections = per_model[0] if len(per_model) == 1 else _fuse(config, per_model, dataset, indices)
     seconds = time.perf_counter() - start
-    results = coco_results_by_image(detections, dataset.label_to_category_id)
-    metrics = evaluate_detections(dataset.coco, results, list(detections))
+    results, metrics = score(dataset, detections)
     return EvalResult(metrics, results, len(indices), seconds)
+
+
+def evaluation_split(config: DatasetConfig) -> tuple[CocoDetection, list[int]]:
+    """The evaluation split and the indices tested: its first ``max_val_images`` images, else all."""
+    dataset = config.load("val")
+    return dataset, list(range(len(dataset)))[: config.max_val_images]
+
+
+def detect_single_scale(
+    model: CascadeRCNN,
+    dataset: CocoDetection,
+    indices: list[int],
+    test: TestSettings,
+    device: torch.device,
+    amp: bool,
+    num_workers: int,
+) -> dict[int, Detections]:
+    transform = view_transform(test.short_side, test.max_size)
+    return detect(model, dataset, indices, transform, test.batch_size, device, amp=amp, num_workers=num_workers)
+
+
+def score(dataset: CocoDetection, detections: dict[int, Detections]) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The detections as COCO results, and their metrics against the split's annotations."""
+    results = coco_results_by_image(detections, dataset.label_to_category_id)
+    return results, evaluate_detections(dataset.coco, results, list(detections))
 
 
 def load_for_testing(config: DetectorTrainingConfig, path: Path, class_names: list[str]) -> CascadeRCNN:
@@ -121,10 +145,7 @@ def _detect(
             amp=config.train.amp,
             num_workers=workers,
         )
-    transform = view_transform(test.short_side, test.max_size)
-    return detect(
-        model, dataset, indices, transform, test.batch_size, device, amp=config.train.amp, num_workers=workers
-    )
+    return detect_single_scale(model, dataset, indices, test, device, config.train.amp, workers)
 
 
 def _fuse(
