@@ -33,8 +33,8 @@ from search_spaces.architecture import Architecture
 WORKER_DIED = "the trial's worker died before reporting a result"
 TUNE_ENVIRONMENT = {
     "TUNE_DISABLE_SIGINT_HANDLER": "1",  # SIGINT reaches StopSignals
-    "RAY_AIR_NEW_OUTPUT": "0",  # the newer console output prints its tables even at verbose=0; the older is silent
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no CSV, JSON or TensorBoard files per trial: the store is the record
+    # Tune's newer console output prints its tables and a TensorBoard hint even at verbose=0; the older is silent.
+    "RAY_AIR_NEW_OUTPUT": "0",
 }
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
