@@ -14,10 +14,10 @@ from ray.cluster_utils import Cluster
 
 from controller.controller import Controller
 from nas_service.lease import new_token
-from nas_service.search_run import CheckpointError
-from nas_service.tune_adapter import run_search
 from nas_service.search_config import SearchConfig, load_search_config
+from nas_service.search_run import CheckpointError
 from nas_service.store import EpisodeStore
+from nas_service.tune_adapter import run_search
 from tests.seeding import search_config
 from tests.test_proxy import DIVERGING
 
