@@ -36,7 +36,7 @@ def _run(
 
 
 def _run_here(store: EpisodeStore, lease: RunnerLease, ray_address: Optional[str]) -> None:
-    """Run the search held by ``lease`` in this process, with the live progress display."""
+    """Run the search held by ``lease`` in this process, showing its progress (see ``progress.search_progress``)."""
     # Imported here: Ray and the runner add a second to the start-up of every other command.
     from nas_service.progress import search_progress
     from nas_service.search_run import Interrupted
@@ -87,7 +87,7 @@ def search_start(
     ray_address: Optional[str] = RAY_OPTION,
     detach: bool = DETACH_OPTION,
 ) -> None:
-    """Create a search from a config and run it, with a live progress display."""
+    """Create a search from a config and run it, showing its progress (a live table; a line per episode in a log or pipe)."""
     config = load_search_config(config_path)
     if fidelity is not None:
         config = _with_noise(config, fidelity)
