@@ -87,7 +87,7 @@ def search_start(
     ray_address: Optional[str] = RAY_OPTION,
     detach: bool = DETACH_OPTION,
 ) -> None:
-    """Create a search from a config and run it, showing its progress (a live table; a line per episode in a log or pipe)."""
+    """Create a search from a config and run it, showing its progress (a live table, or a line per episode in a log)."""
     config = load_search_config(config_path)
     if fidelity is not None:
         config = _with_noise(config, fidelity)
