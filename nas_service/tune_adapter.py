@@ -43,7 +43,8 @@ def proxy_trial(config: dict[str, Any]) -> None:
     """The Ray Tune trainable: train one proxy and report its result, or the error that stopped it."""
     worker = f"{socket.gethostname()}:{os.getpid()} node {ray.get_runtime_context().get_node_id()[:12]}"
     try:
-        result = train_proxy(Architecture.from_dict(config["architecture"]), ProxyConfig.model_validate(config["proxy"]))
+        architecture = Architecture.from_dict(config["architecture"])
+        result = train_proxy(architecture, ProxyConfig.model_validate(config["proxy"]))
         tune.report({"episode": config["episode"], "worker": worker, "proxy": json.dumps(result.to_dict())})
     except Exception:  # the driver records the trace and decides whether to retry
         tune.report({"episode": config["episode"], "worker": worker, "exception": traceback.format_exc()})
