@@ -23,11 +23,14 @@ $(CHROMIUM):
 
 browser: $(CHROMIUM)
 
-# A real search: synthetic data (generated on first use), SQLite in data/nas.db, a local Ray.
+# A real search: synthetic data and the proxy base (built on first use), SQLite in data/nas.db, a
+# local Ray. First the proxy's noise and FPN's reward (3 cells x 2 seeds), then the search carrying them.
 demo: setup
-	$(BIN)/nas search start --config configs/search/demo.yaml
 	$(BIN)/nas arch show nasfpn --output out/nasfpn.svg
 	$(BIN)/nas arch show fpn --output out/fpn.svg
+	$(BIN)/nas proxy fidelity -c configs/proxy/demo.yaml --cells fpn,nasfpn --random 1 --seeds 2 --metric AP50 \
+		--json out/demo-fidelity.json
+	$(BIN)/nas search start --config configs/search/demo.yaml --fidelity out/demo-fidelity.json
 
 test: setup browser
 	$(BIN)/python -m pytest
