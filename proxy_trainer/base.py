@@ -154,7 +154,7 @@ def build_base(config: ProxyConfig, paths: DatasetPaths, output: Path) -> ProxyB
     )
     device = resolve_device(train.device)
     architecture = resolve_architecture(base.architecture, config.detector.neck.levels)
-    dataset = training_set(paths, train, config.dataset.objects365_v2_paths)
+    dataset = training_set(config.dataset, train)
     seed_everything(base.seed)
     model = build_detector(detector_config(config.detector, architecture, dataset.num_classes)).to(device)
     log.info(f"proxy base: training with cell {base.architecture} for {base.iterations} iterations -> {output}")

@@ -12,9 +12,8 @@ import logging
 import torch
 
 from detector.data.coco import CocoDetection
-from detector.data.prepare import DatasetPaths
 from detector.data.transforms import train_transforms
-from detector.engine.config import TrainSettings
+from detector.engine.config import DatasetConfig, TrainSettings
 from detector.engine.cpus import available_cpus
 from detector.engine.data import shuffled_batches
 from detector.engine.evaluate import detect_single_scale, evaluation_split, score
@@ -40,13 +39,10 @@ def set_threads(requested: int | None, configured: int | None) -> tuple[int, str
     return threads, source
 
 
-def training_set(paths: DatasetPaths, train: TrainSettings, objects365_v2_paths: bool = False) -> CocoDetection:
-    return CocoDetection(
-        paths.train_annotations,
-        paths.train_images,
-        transforms=train_transforms(train.short_sides, train.max_size, train.flip_probability, seed=train.seed),
-        train=True,
-        rewrite_objects365_v2_paths=objects365_v2_paths,
+def training_set(dataset: DatasetConfig, train: TrainSettings) -> CocoDetection:
+    """The training split, augmented as ``train`` says from a stream seeded by ``train.seed``."""
+    return dataset.load(
+        "train", train_transforms(train.short_sides, train.max_size, train.flip_probability, seed=train.seed)
     )
 
 

@@ -69,7 +69,7 @@ def train_proxy(architecture: Architecture, config: ProxyConfig, threads: int | 
     threads, source = set_threads(threads, train.threads)
     paths = config.dataset.paths()
     base = prepare_base(config, paths) if config.base is not None else None
-    dataset = training_set(paths, train, config.dataset.objects365_v2_paths)
+    dataset = training_set(config.dataset, train)
     model, frozen = _episode_model(config, architecture, dataset.num_classes, base)
     model.to(device)
     neck = config.detector.neck

@@ -69,7 +69,7 @@ def test_an_episode_loads_the_base_and_trains_only_what_is_not_frozen(built):
     assert not all(torch.equal(state[k], base.state[k]) for k in state if k.startswith("roi_heads."))
 
     train = config.train.model_copy(update={"iterations": 2, "learning_rate": 0.5})
-    fit(model, training_set(config.dataset.paths(), train), train, torch.device("cpu"), [], frozen)
+    fit(model, training_set(config.dataset, train), train, torch.device("cpu"), [], frozen)
     after = model.state_dict()
     frozen_keys = [k for k in after if k.startswith(("backbone.", "pyramid."))]
     assert any("running_mean" in k for k in frozen_keys)  # BN statistics are among what stays the base's

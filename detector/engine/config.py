@@ -25,6 +25,7 @@ from detector.data.prepare import DatasetPaths, SyntheticDataConfig, ensure_synt
 
 if TYPE_CHECKING:  # the dataset (torch) loads when a run reads it, not when a config is read
     from detector.data.coco import CocoDetection
+    from detector.data.transforms import Transform
 
 
 class ExportSource(StrictModel):
@@ -99,14 +100,15 @@ class DatasetConfig(StrictModel):
             return ensure_synthetic_dataset(self.synthetic)
         return DatasetPaths(self.train_annotations, self.train_images, self.val_annotations, self.val_images)
 
-    def load(self, split: Literal["train", "val"]) -> CocoDetection:
-        """The training or evaluation split as a dataset."""
+    def load(self, split: Literal["train", "val"], transforms: Transform | None = None) -> CocoDetection:
+        """The training or evaluation split as a dataset, its samples passed through ``transforms``."""
         from detector.data.coco import CocoDetection
 
         paths, train = self.paths(), split == "train"
         return CocoDetection(
             paths.train_annotations if train else paths.val_annotations,
             paths.train_images if train else paths.val_images,
+            transforms=transforms,
             train=train,
             rewrite_objects365_v2_paths=self.objects365_v2_paths,
         )
