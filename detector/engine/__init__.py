@@ -1,5 +1,6 @@
-"""Full-size training and testing of the searched detector: ``config``, ``trainer``, ``evaluate``,
-``checkpoints``, ``distributed``. Only the config is imported here, so exporting one needs no torch."""
+"""Training and testing: ``config`` (the vocabulary the proxy shares), ``loop`` (the one training loop),
+``trainer`` (the full recipe's hooks), ``evaluate``, ``checkpoints``, ``distributed``. Only the config is
+imported here, so exporting one needs no torch."""
 
 from detector.engine.config import DetectorTrainingConfig
 
