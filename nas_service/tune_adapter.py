@@ -40,11 +40,17 @@ RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def proxy_trial(config: dict[str, Any]) -> None:
-    """The Ray Tune trainable: train one proxy and report its result, or the error that stopped it."""
-    worker = f"{socket.gethostname()}:{os.getpid()} node {ray.get_runtime_context().get_node_id()[:12]}"
+    """The Ray Tune trainable: train one proxy and report its result, or the error that stopped it.
+
+    Torch gets one thread per CPU the trial was given (``resources.cpus_per_trial``, at least one):
+    Ray narrows no CPU affinity, so torch's default would take every core of the node, however many
+    trials share it."""
+    context = ray.get_runtime_context()
+    threads = max(1, int(context.get_assigned_resources().get("CPU", 1)))
+    worker = f"{socket.gethostname()}:{os.getpid()} ({threads} CPU) node {context.get_node_id()[:12]}"
     try:
         architecture = Architecture.from_dict(config["architecture"])
-        result = train_proxy(architecture, ProxyConfig.model_validate(config["proxy"]))
+        result = train_proxy(architecture, ProxyConfig.model_validate(config["proxy"]), threads)
         tune.report({"episode": config["episode"], "worker": worker, "proxy": json.dumps(result.to_dict())})
     except Exception:  # the driver records the trace and decides whether to retry
         tune.report({"episode": config["episode"], "worker": worker, "exception": traceback.format_exc()})
@@ -141,7 +147,7 @@ def run_search(
 ) -> SearchRecord:
     """Run (or continue) a search on Ray Tune until its budget is spent or it is asked to stop.
 
-    ``ray_address`` (or ``RAY_ADDRESS``) joins an existing cluster; otherwise a local Ray starts.
+    ``ray_address`` (or ``RAY_ADDRESS``) joins an existing cluster; otherwise a new local Ray starts.
     ``storage`` is where Ray Tune keeps its trial folders (shared storage on a cluster). ``trainable``
     replaces the proxy training, e.g. to measure the search's own overhead. ``lease`` and what is
     raised: see ``nas_service.search_run.execute``.
@@ -161,7 +167,9 @@ def _tune(
     logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.ERROR)
     try:
         ray.init(
-            address=ray_address or os.environ.get("RAY_ADDRESS"),
+            # "local": a new Ray, even where an earlier `ray start` left its address (Ray's default would join
+            # that cluster, or wait for ever on it when it is gone).
+            address=ray_address or os.environ.get("RAY_ADDRESS") or "local",
             ignore_reinit_error=True,
             include_dashboard=False,
             log_to_driver=False,

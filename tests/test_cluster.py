@@ -150,7 +150,7 @@ def ray_cluster(logs: Path):
 
 
 def _node(episode) -> str:
-    return episode.worker.split(" node ")[1]  # proxy_trial's worker: "host:pid node <node id[:12]>"
+    return episode.worker.split(" node ")[1]  # proxy_trial's worker: "host:pid (N CPU) node <node id[:12]>"
 
 
 def test_search_on_two_nodes_with_postgres_survives_losing_the_head(tmp_path, data_root, postgres_url):  # noqa: F811

@@ -49,6 +49,7 @@ def test_search_runs_episodes_and_learns(tmp_path, data_root):
     trained = [e for e in episodes if e.status == "completed"]
     assert all(e.metrics and "AP" in e.metrics and e.flops > 0 and e.train_seconds > 0 for e in trained)
     assert all(e.reward == e.metrics["AP"] for e in trained)
+    assert all(" (1 CPU) node " in e.worker for e in trained)  # torch threads from resources.cpus_per_trial
     assert episodes[0].architecture["cells"][0] == {"input_a": 1, "input_b": 3, "output_level": 3, "op": "global_pool"}
     controller = Controller.from_bytes(store.latest_checkpoint(search_id).state)
     assert controller.num_proposed == 6 and not controller.pending
