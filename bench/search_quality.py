@@ -39,13 +39,13 @@ ARMS = ("seeded controller", "unseeded controller", "random sampling")
 class ArmRun:
     arm: str
     seed: int
-    rewards: list[float] = field(default_factory=list)
-    """One per proposal, in order."""
+    rewards: list[float | None] = field(default_factory=list)
+    """One per proposal, in order (None: failed, learned from by no one)."""
     hashes: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> float:
-        return max(self.rewards)
+        return max((r for r in self.rewards if r is not None), default=float("nan"))
 
     @property
     def best_at(self) -> int:
@@ -54,27 +54,31 @@ class ArmRun:
 
 
 class Rewards:
-    """The proxy's reward of a cell, each cell trained once (the same seed for all, as in a search)."""
+    """The proxy's reward of a cell, each cell trained once (the same seed for all, as in a search). A
+    failed episode, or one without a finite reward, gets ``failures.penalty_reward`` as in a search
+    (None: the controller learns nothing from it); the bench does not retry."""
 
     def __init__(self, config: SearchConfig, threads: int | None) -> None:
         self.config, self.threads = config, threads
-        self.known: dict[str, float] = {}
+        self.known: dict[str, float | None] = {}
         self.train_seconds = 0.0
 
-    def __call__(self, architecture: Architecture) -> float:
+    def __call__(self, architecture: Architecture) -> float | None:
         key = architecture.canonical_hash()
         if key not in self.known:
             result = train_proxy(architecture, self.config.proxy, self.threads)
             self.train_seconds += result.wall_time
-            reward = self.config.reward
-            failed = result.status != "completed"
-            penalty = self.config.failures.penalty_reward or 0.0
-            self.known[key] = penalty if failed else reward.reward(result.metrics, result.neck_flops)
-            print(f"  trained {key[:12]}: {self.known[key]:.4f} ({result.wall_time:.0f} s)", flush=True)
+            self.known[key] = self.config.failures.penalty_reward
+            if result.status == "completed":
+                try:
+                    self.known[key] = self.config.reward.reward(result.metrics, result.neck_flops)
+                except (KeyError, ValueError):
+                    pass
+            print(f"  trained {key[:12]}: {self.known[key]} ({result.wall_time:.0f} s)", flush=True)
         return self.known[key]
 
 
-Step = Callable[[Callable[[Architecture], float]], tuple[str, float]]
+Step = Callable[[Callable[[Architecture], float | None]], tuple[str, float | None]]
 """One proposal of an arm: given the reward function, the cell's hash and its reward."""
 
 
@@ -85,7 +89,7 @@ def controller_arm(config: SearchConfig, seeded: bool, seed: int) -> Step:
     )
     controller = Controller(controller_config)
 
-    def step(reward_of: Callable[[Architecture], float]) -> tuple[str, float]:
+    def step(reward_of: Callable[[Architecture], float | None]) -> tuple[str, float | None]:
         proposal, architecture = controller.propose()
         reward = reward_of(architecture)
         controller.report(proposal.id, reward)
@@ -97,7 +101,7 @@ def controller_arm(config: SearchConfig, seeded: bool, seed: int) -> Step:
 def random_arm(config: SearchConfig, seed: int) -> Step:
     space, rng = config.controller.space(), random.Random(seed)
 
-    def step(reward_of: Callable[[Architecture], float]) -> tuple[str, float]:
+    def step(reward_of: Callable[[Architecture], float | None]) -> tuple[str, float | None]:
         architecture = space.random_architecture(rng)
         return architecture.canonical_hash(), reward_of(architecture)
 
@@ -114,11 +118,11 @@ def run_arm(arm: str, config: SearchConfig, seed: int, episodes: int, rewards: R
         key, reward = step(rewards)
         run.hashes.append(key)
         run.rewards.append(reward)
-        print(f"{arm} (seed {seed}) episode {episode}: {key[:12]} {reward:.4f}, best {max(run.rewards):.4f}", flush=True)
+        print(f"{arm} (seed {seed}) episode {episode}: {key[:12]} {reward}, best {run.best:.4f}", flush=True)
     return run
 
 
-def summary_lines(runs: list[ArmRun], references: dict[str, float], noise: float | None, episodes: int) -> list[str]:
+def summary_lines(runs: list[ArmRun], references: dict[str, float | None], noise: float | None, episodes: int) -> list[str]:
     lines = [f"best reward within {episodes} episodes (mean +- spread over {len({r.seed for r in runs})} runs):"]
     for arm in ARMS:
         mine = [run for run in runs if run.arm == arm]
@@ -130,7 +134,8 @@ def summary_lines(runs: list[ArmRun], references: dict[str, float], noise: float
             f"  {arm:20} {statistics.fmean(bests):.4f} +- {spread:.4f}  (runs: {', '.join(f'{b:.4f}' for b in bests)}; "
             f"{distinct:.1f} distinct cells, best first reached at episode {at:.1f})"
         )
-    lines.append("references: " + ", ".join(f"{name} {value:.4f}" for name, value in references.items()))
+    lines.append("references: " + ", ".join(
+        f"{name} {'failed' if value is None else f'{value:.4f}'}" for name, value in references.items()))
     lines.append(
         f"proxy paired noise (spread of a same-seed difference of two cells): {noise:.4f}"
         if noise is not None
@@ -152,7 +157,7 @@ def main() -> None:
     noise = None
     if args.fidelity is not None:
         report = json.loads(args.fidelity.read_text())
-        noise = measured_noise(report, config.proxy, config.reward.metric, str(args.fidelity)).paired_noise
+        noise = measured_noise(report, config.proxy, config.reward.reward, str(args.fidelity)).paired_noise
     start = time.perf_counter()
     rewards = Rewards(config, args.threads)
     levels = config.proxy.detector.neck.levels

@@ -353,7 +353,6 @@ class MeasuredNoise:
 
     paired_noise: float
     cells: dict[str, float]
-    seed: int
     seeds: int
 
 
@@ -361,11 +360,14 @@ class MeasuredNoise:
 _NOT_MEASURED = frozenset({"root", "path", "cache_dir", "threads", "device", "log_every", "train_annotations",
                            "train_images", "val_annotations", "val_images"})
 
+Reward = Callable[[Mapping[str, float], int], float]
+"""A search's reward of an episode from its metrics and its neck's FLOPs (``RewardConfig.reward``)."""
 
-def measured_noise(report: Mapping[str, Any], config: ProxyConfig, metric: str, source: str) -> MeasuredNoise:
+
+def measured_noise(report: Mapping[str, Any], config: ProxyConfig, reward: Reward, source: str) -> MeasuredNoise:
     """The paired noise of a report saved with ``nas proxy fidelity --json``, for a search whose proxy
-    is ``config`` and whose reward is ``metric`` (recomputed from the episodes' metrics, whatever metric
-    the report printed). Refused when the report measured another proxy, or cannot tell the noise."""
+    is ``config``, each episode scored by the search's ``reward`` (whatever metric the report printed).
+    Refused, naming the problem, when the report measured another proxy or cannot tell the noise."""
     if not isinstance(report.get("proxy"), dict) or not isinstance(report.get("episodes"), list):
         raise UserError(f"{source}: not a report of `nas proxy fidelity --json` (no proxy or episodes)")
     difference = _first_difference(report["proxy"], config.model_dump(mode="json"))
@@ -376,20 +378,38 @@ def measured_noise(report: Mapping[str, Any], config: ProxyConfig, metric: str, 
             "measure this proxy with `nas proxy fidelity -c PROXY.yaml --json REPORT.json`"
         )
     rewards: dict[str, list[float]] = {}
-    for episode in report["episodes"]:
-        value = (episode["result"].get("metrics") or {}).get(metric)
-        if not episode["reference"] and episode["result"]["status"] == "completed" and value is not None:
-            rewards.setdefault(episode["cell"], []).append(value)
+    for index, episode in enumerate(report["episodes"]):
+        scored = _scored(episode, reward, f"{source}: episodes[{index}]")
+        if scored is not None:
+            rewards.setdefault(scored[0], []).append(scored[1])
     seeds = len(report.get("seeds") or [])
     complete = {name: values for name, values in rewards.items() if len(values) == seeds}
     if seeds < 2 or len(complete) < 2:
         raise UserError(
-            f"{source}: needs at least 2 cells with a {metric} under each of at least 2 seeds to tell the noise "
+            f"{source}: needs at least 2 cells with a reward under each of at least 2 seeds to tell the noise "
             f"(has {len(complete)} cells x {seeds} seeds)"
         )
-    stats = fidelity_statistics(complete)
-    return MeasuredNoise(stats.paired_noise, {name: values[0] for name, values in complete.items()},
-                         report["seeds"][0], seeds)
+    noise = fidelity_statistics(complete).paired_noise
+    if not noise > 0:
+        raise UserError(f"{source}: the paired noise is {noise}: the cells' differences do not vary over seeds; "
+                        "measure with more seeds or cells")
+    return MeasuredNoise(noise, {name: values[0] for name, values in complete.items()}, seeds)
+
+
+def _scored(episode: Any, reward: Reward, where: str) -> tuple[str, float] | None:
+    """(cell, reward) of one of the proxy's own episodes; None for a reference training or an episode
+    without a finite reward (failed)."""
+    try:
+        cell, reference, result = episode["cell"], episode["reference"], episode["result"]
+        status, metrics, flops = result["status"], result.get("metrics") or {}, result.get("neck_flops") or 0
+    except (KeyError, TypeError, AttributeError) as error:
+        raise UserError(f"{where}: not an episode of a fidelity report (no {error})") from None
+    if reference or status != "completed":
+        return None
+    try:
+        return cell, reward(metrics, flops)
+    except (KeyError, TypeError, ValueError):  # the metric is missing or not finite: no reward, as in a search
+        return None
 
 
 def _first_difference(measured: Any, used: Any, where: str = "proxy") -> tuple[str, Any, Any] | None:

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from nas_errors import UserError
 from nas_service.cli import app
 from nas_service.comparison import SeedComparison, compare_with_seed
-from nas_service.search_config import RewardNoise
+from nas_service.search_config import RewardConfig, RewardNoise
 from nas_service.store import EpisodeStore
 from proxy_trainer.fidelity import measured_noise
 from search_spaces import nasfpn
@@ -34,29 +34,51 @@ def _report(proxy: dict) -> dict:
     return {"proxy": proxy, "seeds": [0, 1, 2], "metric": "AP", "episodes": episodes}
 
 
-def test_the_noise_of_a_saved_report_for_the_searched_metric(tmp_path):
+AP50_REWARD = RewardConfig(metric="AP50").reward
+
+
+def test_the_noise_of_a_saved_report_for_the_searched_reward(tmp_path):
     config = tiny_proxy_config(tmp_path / "data")
-    noise = measured_noise(_report(config.model_dump(mode="json")), config, "AP50", "r.json")
+    report = _report(config.model_dump(mode="json"))
+    noise = measured_noise(report, config, AP50_REWARD, "r.json")
     # one pair: the paired noise is the spread of its differences; c (failed) and the reference are left out
     assert noise.paired_noise == pytest.approx(0.01)
     assert noise.cells == pytest.approx({"a": 0.30, "b": 0.20})
-    assert (noise.seed, noise.seeds) == (0, 3)
-    half = measured_noise(_report(config.model_dump(mode="json")), config, "AP", "r.json")
+    assert noise.seeds == 3
+    half = measured_noise(report, config, RewardConfig(metric="AP").reward, "r.json")
     assert half.paired_noise == pytest.approx(0.005)  # recomputed from AP, not copied from AP50
+    # A cost-aware reward scales each episode by its neck's FLOPs: 2 ** -1 halves every reward here.
+    costly = RewardConfig(metric="AP50", flops_target=1000, flops_weight=-1.0).reward
+    for episode in report["episodes"]:
+        episode["result"]["neck_flops"] = 2000
+    assert measured_noise(report, config, costly, "r.json").paired_noise == pytest.approx(0.005)
+    # An episode whose metric is not finite (null in JSON) has no reward, like a failed one.
+    report["episodes"][0]["result"]["metrics"]["AP50"] = None
+    with pytest.raises(UserError, match="needs at least 2 cells with a reward under each of at least 2 seeds"):
+        measured_noise(report, config, AP50_REWARD, "r.json")
 
 
 def test_a_report_of_another_proxy_is_refused_naming_the_setting(tmp_path):
     config = tiny_proxy_config(tmp_path / "data")
     other = tiny_proxy_config(tmp_path / "elsewhere", iterations=9)  # where the data lives does not matter
     with pytest.raises(UserError, match=r"r.json: measured another proxy: proxy.train.iterations is 9 there but 4"):
-        measured_noise(_report(other.model_dump(mode="json")), config, "AP50", "r.json")
+        measured_noise(_report(other.model_dump(mode="json")), config, AP50_REWARD, "r.json")
     moved = tiny_proxy_config(tmp_path / "elsewhere")
-    assert measured_noise(_report(moved.model_dump(mode="json")), config, "AP50", "r.json").paired_noise > 0
+    assert measured_noise(_report(moved.model_dump(mode="json")), config, AP50_REWARD, "r.json").paired_noise > 0
     with pytest.raises(UserError, match="not a report of `nas proxy fidelity --json`"):
-        measured_noise({"cells": {}}, config, "AP50", "r.json")
+        measured_noise({"cells": {}}, config, AP50_REWARD, "r.json")
     one_seed = {**_report(config.model_dump(mode="json")), "seeds": [0]}
-    with pytest.raises(UserError, match="at least 2 cells with a AP50 under each of at least 2 seeds"):
-        measured_noise(one_seed, config, "AP50", "r.json")
+    with pytest.raises(UserError, match="at least 2 cells with a reward under each of at least 2 seeds"):
+        measured_noise(one_seed, config, AP50_REWARD, "r.json")
+    broken = _report(config.model_dump(mode="json"))
+    del broken["episodes"][2]["result"]
+    with pytest.raises(UserError, match=r"r.json: episodes\[2\]: not an episode of a fidelity report \(no 'result'\)"):
+        measured_noise(broken, config, AP50_REWARD, "r.json")
+    flat = _report(config.model_dump(mode="json"))
+    for episode in flat["episodes"]:
+        episode["result"]["metrics"]["AP50"] = 0.0  # every cell scores nothing under every seed
+    with pytest.raises(UserError, match="the paired noise is 0.0"):
+        measured_noise(flat, config, AP50_REWARD, "r.json")
 
 
 def test_the_lead_counts_from_twice_the_noise():

@@ -65,7 +65,7 @@ def _with_noise(config: SearchConfig, report_path: Path) -> SearchConfig:
         raise UserError(f"{report_path}: not JSON ({error.msg}, line {error.lineno})") from None
     if not isinstance(report, dict):
         raise UserError(f"{report_path}: not a report of `nas proxy fidelity --json` (not a JSON object)")
-    noise = measured_noise(report, config.proxy, config.reward.metric, str(report_path))
+    noise = measured_noise(report, config.proxy, config.reward.reward, str(report_path))
     source = f"{report_path.name}: {len(noise.cells)} cells x {noise.seeds} seeds"
     carried = RewardNoise(paired=noise.paired_noise, cells=noise.cells, source=source)
     return config.model_copy(update={"reward": config.reward.model_copy(update={"noise": carried})})
