@@ -245,6 +245,7 @@ def test_a_search_stored_with_the_old_proxy_names_loads_at_head_and_goes_back(ur
 
     current = search_config(tmp_path / "synthetic", episodes=2)
     old = current.model_dump(mode="json")
+    del old["reward"]["noise"]  # came with 0004's code
     old["proxy"]["train"] = dict(OLD_PROXY_TRAIN)
     del old["proxy"]["test"]
     old["proxy"]["dataset"] = {
@@ -268,11 +269,17 @@ def test_a_search_stored_with_the_old_proxy_names_loads_at_head_and_goes_back(ur
         engine.dispose()
 
     upgrade_database(url)
+    noisy = search_config(tmp_path / "synthetic", episodes=2, reward={"noise": {"paired": 0.01}})
     with EpisodeStore(url) as store:
         stored = store.list_searches()[0].config
+        store.create_search("made at head", noisy.model_dump(mode="json"), budget_episodes=2)
     assert SearchConfig.model_validate(stored) == current
     assert stored["proxy"]["test"] == {"short_side": 64, "max_size": 96, "batch_size": 3}
     migrate(url, "0003", down=True)
-    (restored,) = rows(url, {"searches": ["config"]})["searches"][0]
+    stored_rows = rows(url, {"searches": ["config"]})["searches"]
+    restored, made_at_head = (config if isinstance(config, dict) else json.loads(config) for (config,) in stored_rows)
     del old["proxy"]["train"]["inject_nonfinite_loss_at"]  # test-only, not brought back (its default was None)
-    assert (restored if isinstance(restored, dict) else json.loads(restored)) == old
+    assert restored == old
+    # A search created at head goes back to what 0003's code reads: old names, no key it does not know.
+    assert made_at_head["reward"] == {"metric": "AP", "flops_target": None, "flops_weight": -0.07}
+    assert "test" not in made_at_head["proxy"] and made_at_head["proxy"]["train"]["train_short_sides"] == [56, 72]

@@ -5,7 +5,8 @@ The proxy's training input sizes are ``proxy.train.short_sides`` and ``max_size`
 (``short_side``, ``max_size``, ``batch_size``; were ``train.eval_short_side``, ``eval_max_size`` and
 ``eval_batch_size``); the test-only ``train.inject_nonfinite_loss_at`` is gone. Every value is kept.
 A downgrade restores the old names and drops what the old vocabulary has no name for (the schedule's
-kind and steps, and the dataset's sampler, workers and Objects365 paths).
+kind and steps, the dataset's sampler, workers and Objects365 paths, and the proxy's measured noise a
+search may carry in ``reward.noise``).
 
 Revision ID: 0004
 Revises: 0003
@@ -30,25 +31,44 @@ RENAMED = {
 }
 """Old name in ``proxy.train`` -> section and name now."""
 UNNAMED_BEFORE = {"train": ("schedule", "steps", "gamma"), "dataset": ("sampler", "num_workers", "objects365_v2_paths")}
+NEW_IN_REWARD = ("noise",)
+"""Added to a search's ``reward`` with this revision's code; the old code refuses unknown keys."""
 
 searches = sa.table("searches", sa.column("id", sa.Integer), sa.column("config", sa.JSON))
 
 
 def upgrade() -> None:
-    _rewrite(_shared_names)
+    _rewrite(_shared_config)
 
 
 def downgrade() -> None:
-    _rewrite(_old_names)
+    _rewrite(_old_config)
 
 
 def _rewrite(convert) -> None:
     connection = op.get_bind()
     for search_id, config in connection.execute(sa.select(searches.c.id, searches.c.config)).all():
-        proxy = config.get("proxy") if isinstance(config, dict) else None
-        if isinstance(proxy, dict) and isinstance(proxy.get("train"), dict):
-            changed = {**config, "proxy": convert(proxy)}
+        changed = convert(config) if isinstance(config, dict) else config
+        if changed != config:
             connection.execute(searches.update().where(searches.c.id == search_id).values(config=changed))
+
+
+def _shared_config(config: dict[str, Any]) -> dict[str, Any]:
+    proxy = config.get("proxy")
+    return {**config, "proxy": _shared_names(proxy)} if _has_train(proxy) else config
+
+
+def _old_config(config: dict[str, Any]) -> dict[str, Any]:
+    changed = dict(config)
+    if _has_train(proxy := config.get("proxy")):
+        changed["proxy"] = _old_names(proxy)
+    if isinstance(reward := config.get("reward"), dict):
+        changed["reward"] = {key: value for key, value in reward.items() if key not in NEW_IN_REWARD}
+    return changed
+
+
+def _has_train(proxy: Any) -> bool:
+    return isinstance(proxy, dict) and isinstance(proxy.get("train"), dict)
 
 
 def _shared_names(proxy: dict[str, Any]) -> dict[str, Any]:
