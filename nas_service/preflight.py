@@ -21,10 +21,9 @@ def check_dataset(config: DatasetConfig) -> None:
 
     The synthetic dataset is generated here if it is missing, once, instead of by the first trials.
     """
-    paths = config.paths()
-    train = CocoDetection(paths.train_annotations, paths.train_images, train=True)
+    train = config.load("train")  # as an episode loads it (Objects365 v2 paths rewritten, if asked)
     _require_images(train, "training")
-    val = CocoDetection(paths.val_annotations, paths.val_images, train=False)
+    val = config.load("val")
     _require_images(val, "reward")
     scored = range(min(len(val), config.max_val_images or len(val)))
     labels = val.labels_per_image()
