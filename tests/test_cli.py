@@ -107,15 +107,23 @@ def test_dataset_synth_writes_a_loadable_dataset(tmp_path):
 def test_proxy_command_runs_one_episode(tmp_path):
     from tests.test_proxy import tiny_proxy_config
 
+    from search_spaces import fpn
+    from search_spaces.cost import neck_cost
+
     config = tiny_proxy_config(tmp_path / "data", iterations=2)
+    neck = config.detector.neck.model_copy(update={"architecture": "fpn"})
+    config = config.model_copy(update={"detector": config.detector.model_copy(update={"neck": neck})})
     path = tmp_path / "proxy.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     out = tmp_path / "result.json"
-    result = runner.invoke(app, ["proxy", "--arch", "fpn", "-c", str(path), "--json", str(out)])
+    result = runner.invoke(app, ["proxy", "-c", str(path), "--json", str(out)])  # the cell: the config's fpn
     assert result.exit_code == 0, result.output
     assert "status:     completed" in result.output
     saved = json.loads(out.read_text())
     assert saved["iterations"] == 2 and set(saved["metrics"]) >= {"AP", "AP50"}
+    size = (config.test.short_side,) * 2
+    expected = neck_cost(fpn(neck.levels), size, width=neck.width, repeats=neck.repeats, norm=neck.norm)
+    assert saved["neck_params"] == expected.params
 
 
 def test_proxy_command_reports_a_failed_episode(tmp_path):

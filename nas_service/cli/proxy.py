@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 
-from detector.config import NeckConfig
 from nas_service.cli.common import config_option
 from nas_service.search_config import RewardConfig
 from nas_service.yaml_config import load_config
@@ -51,8 +50,8 @@ def _progress_on_stderr() -> Iterator[None]:
 @proxy_app.callback()
 def proxy(
     ctx: typer.Context,
-    arch: str = config_option(
-        NeckConfig, "architecture", "--arch", help="The cell to train: a known name or a JSON file."
+    arch: Optional[str] = typer.Option(
+        None, "--arch", help="The cell to train: a known name or a JSON file (default: detector.neck.architecture)."
     ),
     config_path: Optional[Path] = typer.Option(None, "-c", "--config", help="Proxy config YAML (see configs/proxy/)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON here."),
@@ -66,7 +65,7 @@ def proxy(
     from proxy_trainer.trainer import train_proxy
 
     config = load_config(config_path, ProxyConfig)
-    architecture = resolve_architecture(arch, config.detector.neck.levels)
+    architecture = resolve_architecture(arch or config.detector.neck.architecture, config.detector.neck.levels)
     with _progress_on_stderr():
         result = train_proxy(architecture, config, threads)
     metrics = "  ".join(f"{name} {value:.4f}" for name, value in result.metrics.items())
