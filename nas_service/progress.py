@@ -24,8 +24,8 @@ REFRESH_SECONDS = 2.0
 
 
 def search_progress(store: EpisodeStore, search_id: int) -> SearchProgress | EpisodeLines:
-    """The live table when stdout is a terminal; a line per finished episode otherwise."""
-    return SearchProgress(store, search_id) if sys.stdout.isatty() else EpisodeLines(store, search_id)
+    """The live table when its stream (stderr) is a terminal; a line per finished episode otherwise."""
+    return SearchProgress(store, search_id) if sys.stderr.isatty() else EpisodeLines(store, search_id)
 
 
 class SearchProgress:

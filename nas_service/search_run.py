@@ -157,7 +157,6 @@ class SearchRun:
         self.abort: LeaseLost | StoreUnavailable | None = None
         """Met by the trainer's callbacks: the runner stops working on the search."""
         self._stop_asked = (0.0, False)
-        self.entropy: float | None = self.search.last_entropy
         checkpoint = store.latest_checkpoint(search_id)
         if checkpoint is None:
             self.controller = Controller(self.config.controller)
@@ -326,8 +325,6 @@ class SearchRun:
 
     def _report(self, proposal_id: int, reward: float | None) -> None:
         stats = self.controller.report(proposal_id, reward)
-        if stats is not None:
-            self.entropy = stats.entropy
         self._checkpoint(entropy=stats.entropy if stats is not None else None)
 
     def _checkpoint(self, entropy: float | None = None) -> None:

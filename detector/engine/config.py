@@ -170,9 +170,10 @@ class TrainSettings(StrictModel):
     seed: int = 0
     """Seeds weights, sampling, augmentation and RoI sampling; CPU runs repeat exactly."""
     threads: int | None = Field(None, ge=1, le=1024)
-    """CPU threads for torch per process. None: the proxy takes the CPUs its trial was given, else the
-    CPUs this process may run on (never torch's default, which oversubscribes a shared machine); the
-    full trainer keeps torch's default (torchrun sets one thread per process)."""
+    """CPU threads for torch per process. A search's proxy always takes the CPUs its trial was given
+    (``resources.cpus_per_trial``); ``nas proxy`` and its reports take ``--threads``, else this, else the
+    CPUs this process may run on (never torch's default, which oversubscribes a shared machine). None
+    in the full trainer keeps torch's default (torchrun sets one thread per process)."""
 
     @model_validator(mode="after")
     def _check(self) -> "TrainSettings":
