@@ -149,3 +149,15 @@ def test_start_refuses_a_fidelity_report_it_cannot_use(tmp_path):
     )
     assert refused.exit_code == 2 and "measured another proxy: proxy.train.iterations is 9 there but 2" in refused.output
     assert EpisodeStore(url).list_searches() == []  # nothing was created
+
+
+def test_start_carries_the_noise_of_a_report_on_its_proxy(tmp_path):
+    from nas_service.cli.search import _with_noise
+
+    config = search_config(tmp_path / "data", 2)  # rewarded by AP: the report's AP50 / 2
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(_report(config.proxy.model_dump(mode="json"))))
+    noise = _with_noise(config, report).reward.noise
+    assert noise.paired == pytest.approx(0.005)
+    assert noise.cells == pytest.approx({"a": 0.15, "b": 0.10})
+    assert noise.source == "report.json: 2 cells x 3 seeds"
