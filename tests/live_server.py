@@ -14,6 +14,9 @@ from pathlib import Path
 import httpx
 
 TOKEN = "test-token"
+HTTP_TIMEOUT = 60.0
+"""How long a test waits for the API's answer: it promises one, not its speed on a loaded machine
+(httpx's own default of 5 s failed under load for a create that submits a Ray job)."""
 
 
 def free_port() -> int:
@@ -50,7 +53,7 @@ def serving(
             if server.poll() is not None:
                 raise RuntimeError(f"nas serve exited: {(cwd / f'serve-{port}.log').read_text()}")
             try:
-                if httpx.get(f"{base}/api/health").status_code == 200:
+                if httpx.get(f"{base}/api/health", timeout=HTTP_TIMEOUT).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.2)

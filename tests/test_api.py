@@ -23,7 +23,7 @@ from nas_errors import Conflict
 from nas_service.launcher import create_search, start_runner
 from nas_service.store import EpisodeStore
 from search_spaces import Architecture
-from tests.live_server import TOKEN, free_port, serving
+from tests.live_server import HTTP_TIMEOUT, TOKEN, free_port, serving
 from tests.seeding import NOISE, add_episode, search_config, seed_search, start_new_episode
 from tests.test_store import postgres_url  # noqa: F401  (a fresh PostgreSQL database, dropped afterwards)
 
@@ -38,7 +38,7 @@ def wait_finished(base: str, search_id: int, timeout: float = 300) -> dict:
     """The search once it is completed, failed or stopped (or as it is after ``timeout`` seconds)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        search = httpx.get(f"{base}/api/searches/{search_id}").json()
+        search = httpx.get(f"{base}/api/searches/{search_id}", timeout=HTTP_TIMEOUT).json()
         if search["status"] in ("completed", "failed", "stopped"):
             break
         time.sleep(1)
@@ -270,14 +270,17 @@ def test_an_unreachable_job_server_is_a_503_and_the_search_stays_as_it_was(tmp_p
     config = search_config(tmp_path / "data" / "synthetic", episodes=2).model_dump(mode="json")
     nobody = f"http://127.0.0.1:{free_port()}"
     with serving(url, tmp_path, ray_address=nobody) as base:
-        response = httpx.post(f"{base}/api/searches", headers=AUTH, json={"name": "nowhere", "config": config})
+        response = httpx.post(
+            f"{base}/api/searches", headers=AUTH, json={"name": "nowhere", "config": config}, timeout=HTTP_TIMEOUT
+        )
         assert response.status_code == 503, response.text
         assert "the runner could not be started" in response.json()["detail"]
-        search = httpx.get(f"{base}/api/searches").json()[0]
+        search = httpx.get(f"{base}/api/searches", timeout=HTTP_TIMEOUT).json()[0]
         assert search["status"] == "created"  # the claim was released: it can be started later
         assert search["started_at"] is None  # and a time budget has not started counting
-        resumed = httpx.post(f"{base}/api/searches/{search['id']}/resume", headers=AUTH)
-        assert resumed.status_code == 503 and httpx.get(f"{base}/api/searches").json()[0]["status"] == "created"
+        resumed = httpx.post(f"{base}/api/searches/{search['id']}/resume", headers=AUTH, timeout=HTTP_TIMEOUT)
+        assert resumed.status_code == 503
+        assert httpx.get(f"{base}/api/searches", timeout=HTTP_TIMEOUT).json()[0]["status"] == "created"
 
 
 def test_a_stale_start_is_refused_instead_of_starting_a_second_runner(seeded, tmp_path, monkeypatch):
@@ -316,7 +319,9 @@ def test_a_search_started_through_the_api_survives_an_api_restart(tmp_path):
     config = search_config(tmp_path / "data" / "synthetic", episodes=4).model_dump(mode="json")
     port = free_port()
     with serving(url, tmp_path, port=port) as base:
-        response = httpx.post(f"{base}/api/searches", headers=AUTH, json={"name": "via-api", "config": config})
+        response = httpx.post(
+            f"{base}/api/searches", headers=AUTH, json={"name": "via-api", "config": config}, timeout=HTTP_TIMEOUT
+        )
         assert response.status_code == 201, response.text
         launch = response.json()
         assert launch["runner"].startswith("pid ")
@@ -326,7 +331,7 @@ def test_a_search_started_through_the_api_survives_an_api_restart(tmp_path):
         search = wait_finished(base, search_id)
         log = tmp_path / "data" / "logs" / f"search-{search_id}.log"
         assert search["status"] == "completed", log.read_text() if log.exists() else search
-        episodes = httpx.get(f"{base}/api/searches/{search_id}/episodes").json()["items"]
+        episodes = httpx.get(f"{base}/api/searches/{search_id}/episodes", timeout=HTTP_TIMEOUT).json()["items"]
         assert [item["status"] for item in episodes].count("failed") == 0, episodes[0]["error"]
         assert search["num_episodes"] == 4 and search["best_reward"] is not None
 
@@ -350,13 +355,15 @@ def test_with_a_cluster_address_the_runner_is_a_ray_job(tmp_path, monkeypatch):
         with serving(url, tmp_path, ray_address=f"http://127.0.0.1:{dashboard_port}") as base:
             # A trial needs one node: the API asks the cluster how large its nodes are.
             too_large = {**config, "resources": {**config["resources"], "cpus_per_trial": 3}}
-            refused = httpx.post(f"{base}/api/searches", headers=AUTH, json={"config": too_large})
+            refused = httpx.post(f"{base}/api/searches", headers=AUTH, json={"config": too_large}, timeout=HTTP_TIMEOUT)
             assert refused.status_code == 422, refused.text
             assert refused.json()["detail"] == (
                 "config.resources.cpus_per_trial: 3 asked, the largest node of the Ray cluster at "
                 f"http://127.0.0.1:{dashboard_port} has 2"
             )
-            response = httpx.post(f"{base}/api/searches", headers=AUTH, json={"name": "as-job", "config": config})
+            response = httpx.post(
+                f"{base}/api/searches", headers=AUTH, json={"name": "as-job", "config": config}, timeout=HTTP_TIMEOUT
+            )
             assert response.status_code == 201, response.text
             assert response.json()["runner"].startswith("Ray job raysubmit_")
             search_id = response.json()["search"]["id"]

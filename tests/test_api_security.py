@@ -22,7 +22,7 @@ import torch
 from nas_service.store import EpisodeStore
 from proxy_trainer import ProxyConfig
 from search_spaces import known_architecture
-from tests.live_server import TOKEN, serving
+from tests.live_server import HTTP_TIMEOUT, TOKEN, serving
 from tests.seeding import LEVELS, search_config, seed_search
 from tests.test_store import postgres_url  # noqa: F401  (a fresh PostgreSQL database, dropped afterwards)
 
@@ -54,7 +54,7 @@ class Server:
         return f"{name}:{self.base.rsplit(':', 1)[1]}"
 
     def searches(self) -> list[dict]:
-        return httpx.get(self.url("/api/searches?include_archived=true")).json()
+        return httpx.get(self.url("/api/searches?include_archived=true"), timeout=HTTP_TIMEOUT).json()
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,7 @@ def test_same_origin_json_changes_work_without_a_token(server):
     archived = httpx.post(
         server.url(f"/api/searches/{search_id}/archive"),
         headers={**JSON, "Origin": localhost, "Host": server.host("localhost")},
+        timeout=HTTP_TIMEOUT,
     )
     assert archived.status_code == 200 and archived.json()["archived"] is True, archived.text
 
@@ -143,16 +144,20 @@ def test_same_origin_json_changes_work_without_a_token(server):
     ],
 )
 def test_changes_from_other_pages_or_not_json_are_refused(server, headers, body, code, reason):
-    response = httpx.post(server.url(f"/api/searches/{server.stopped}/resume"), headers=headers, content=body)
+    response = httpx.post(
+        server.url(f"/api/searches/{server.stopped}/resume"), headers=headers, content=body, timeout=HTTP_TIMEOUT
+    )
     assert_refused(response, code, reason)
     assert server.store.get_search(server.stopped).status == "stopped"
     assert not (server.root / "data" / "logs").exists(), "no runner was launched"
 
 
 def test_other_sites_cannot_read_either(server):
-    response = httpx.get(server.url("/api/searches"), headers={"Origin": "http://evil.example"})
+    response = httpx.get(server.url("/api/searches"), headers={"Origin": "http://evil.example"}, timeout=HTTP_TIMEOUT)
     assert_refused(response, 403, "Origin")
-    assert httpx.get(server.url("/api/searches"), headers={"Origin": server.base}).status_code == 200
+    assert httpx.get(
+        server.url("/api/searches"), headers={"Origin": server.base}, timeout=HTTP_TIMEOUT
+    ).status_code == 200
 
 
 # -- other names for the server (DNS rebinding) ----------------------------------------------------------
@@ -192,10 +197,14 @@ def test_allowed_hosts_are_configurable_and_checked_with_a_token(tmp_path):
         auth = {"Authorization": f"Bearer {TOKEN}", **JSON}
         body = {"config": search_config(tmp_path / "data" / "synthetic", episodes=2).model_dump(mode="json")}
         for host in (f"nas.example:{port}", "nas2.example", f"localhost:{port}", f"[::1]:{port}"):
-            assert httpx.get(f"{base}/api/searches", headers={"Host": host}).status_code == 200, host
-        refused = httpx.post(f"{base}/api/searches", headers={**auth, "Host": f"evil.example:{port}"}, json=body)
+            assert httpx.get(
+                f"{base}/api/searches", headers={"Host": host}, timeout=HTTP_TIMEOUT
+            ).status_code == 200, host
+        refused = httpx.post(
+            f"{base}/api/searches", headers={**auth, "Host": f"evil.example:{port}"}, json=body, timeout=HTTP_TIMEOUT
+        )
         assert_refused(refused, 403, "evil.example", "nas.example")
-        assert httpx.get(f"{base}/api/searches").json() == []
+        assert httpx.get(f"{base}/api/searches", timeout=HTTP_TIMEOUT).json() == []
 
 
 # -- files named in a request ----------------------------------------------------------------------------
@@ -381,15 +390,15 @@ def test_episode_errors_are_messages_not_tracebacks(server):
     store = server.store
     search = store.create_search("failing", config(server), budget_episodes=2)
     store.set_search_status(search.id, "running")
-    arch = httpx.get(server.url("/api/architectures")).json()[0]
+    arch = httpx.get(server.url("/api/architectures"), timeout=HTTP_TIMEOUT).json()[0]
     store.add_episode(search.id, 0, arch["architecture"], arch["arch_hash"])
     store.start_episode(search.id, 0, worker="node-0")
     store.fail_episode(search.id, 0, TRACEBACK, reward=0.0)
     store.set_search_status(search.id, "failed", error=TRACEBACK)
     shown = [
-        httpx.get(server.url(f"/api/searches/{search.id}/episodes/0")).json()["error"],
-        httpx.get(server.url(f"/api/searches/{search.id}/episodes")).json()["items"][0]["error"],
-        httpx.get(server.url(f"/api/searches/{search.id}")).json()["error"],
+        httpx.get(server.url(f"/api/searches/{search.id}/episodes/0"), timeout=HTTP_TIMEOUT).json()["error"],
+        httpx.get(server.url(f"/api/searches/{search.id}/episodes"), timeout=HTTP_TIMEOUT).json()["items"][0]["error"],
+        httpx.get(server.url(f"/api/searches/{search.id}"), timeout=HTTP_TIMEOUT).json()["error"],
     ]
     assert shown == ["FloatingPointError: loss is nan at iteration 3"] * 3
     assert store.get_episode(search.id, 0).error == TRACEBACK  # the store keeps what the runner wrote
