@@ -65,12 +65,12 @@ def compare_with_seed(store: EpisodeStore, search: SearchRecord) -> SeedComparis
     """The best episode against the seed architecture's, or None (unseeded search, or either untrained)."""
     controller = search.config.get("controller", {})
     seed = controller.get("seed_architecture")
-    best = store.top_episodes(search.id, 1)
-    if seed is None or not best:
+    if seed is None or search.best_episode_number is None or search.best_reward is None:
         return None
     levels = controller.get("levels") or search.config["proxy"]["detector"]["neck"]["levels"]
     seed_episode = store.find_completed_by_hash(search.id, resolve_architecture(seed, levels).canonical_hash())
     if seed_episode is None or seed_episode.reward is None:
         return None
     noise = RewardConfig.model_validate(search.config.get("reward", {})).noise
-    return SeedComparison(seed_episode.number, seed_episode.reward, best[0].number, best[0].reward, noise)
+    best = (search.best_episode_number, search.best_reward)
+    return SeedComparison(seed_episode.number, seed_episode.reward, *best, noise)

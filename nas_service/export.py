@@ -35,6 +35,8 @@ class Exported:
     episode: EpisodeRecord
     filename: str
     text: str
+    notes: list[str]
+    """For the best cell: whether it beats the seed cell by more than the proxy's noise (else empty)."""
 
 
 class NothingToExport(NotFound):
@@ -51,15 +53,12 @@ def export_architectures(store: EpisodeStore, search_id: int, to: ExportFormat, 
     exported = []
     for rank, episode in enumerate(episodes, 1):
         stem = f"search-{search_id}-rank{rank}-{episode.arch_hash[:12]}"
+        notes = comparison.lines() if comparison is not None and rank == 1 else []
         if to == "json":
-            exported.append(
-                Exported(
-                    rank, episode, f"{stem}.json", Architecture.from_dict(episode.architecture).to_json(indent=2) + "\n"
-                )
-            )
+            name, text = f"{stem}.json", Architecture.from_dict(episode.architecture).to_json(indent=2) + "\n"
         else:
-            notes = comparison.lines() if comparison is not None and rank == 1 else []
-            exported.append(Exported(rank, episode, f"{stem}.yaml", commented_config(search, episode, rank, notes)))
+            name, text = f"{stem}.yaml", commented_config(search, episode, rank, notes)
+        exported.append(Exported(rank, episode, name, text, notes))
     return exported
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import threading
 from types import TracebackType
 
 from nas_service.lifecycle import BEATS_PER_LEASE, lease_seconds
+from nas_service.periodic import Periodic
 from nas_service.store import EpisodeStore, LeaseLost, StoreUnavailable
 
 
@@ -41,8 +41,7 @@ class RunnerLease:
         self.token = token
         self.seconds = seconds
         self.lost: LeaseLost | StoreUnavailable | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lease-search-{search_id}", daemon=True)
+        self._heartbeat = Periodic(seconds / BEATS_PER_LEASE, self._beat, name=f"lease-search-{search_id}")
 
     @classmethod
     def acquire(cls, store: EpisodeStore, search_id: int) -> RunnerLease:
@@ -59,19 +58,19 @@ class RunnerLease:
         return lease
 
     def __enter__(self) -> RunnerLease:
-        self._thread.start()
+        self._heartbeat.start()
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._heartbeat.stop()
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.seconds / BEATS_PER_LEASE):
-            try:
-                self.store.renew_lease(self.search_id, self.token, self.seconds)
-            except (LeaseLost, StoreUnavailable) as error:
-                self.lost = error
-                return
+    def _beat(self) -> bool:
+        """Renew the lease; False (no more beats) once it is lost or the store stays away."""
+        try:
+            self.store.renew_lease(self.search_id, self.token, self.seconds)
+        except (LeaseLost, StoreUnavailable) as error:
+            self.lost = error
+            return False
+        return True

@@ -8,7 +8,6 @@ the logging): the view says so, or waits, and tries again at its next refresh, i
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from types import TracebackType
 
@@ -17,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 from nas_service.lifecycle import EpisodeStatus
+from nas_service.periodic import Periodic
 from nas_service.search_config import SearchConfig
 from nas_service.store import EpisodeRecord, EpisodeStore, SearchRecord, StoreUnavailable
 
@@ -36,26 +36,23 @@ class SearchProgress:
         self.search_id = search_id
         self.started = time.monotonic()
         self.done_at_start = store.get_search(search_id).num_episodes  # the runner's patience
-        self._stop = threading.Event()
         self._live = Live(self._render(), console=Console(stderr=True), auto_refresh=False)
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._refresh = Periodic(REFRESH_SECONDS, self._redraw)
 
     def __enter__(self) -> "SearchProgress":
         self._live.__enter__()
-        self._thread.start()
+        self._refresh.start()
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._live.update(self._render(), refresh=True)
+        self._refresh.stop()
+        self._redraw()
         self._live.__exit__(kind, error, trace)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(REFRESH_SECONDS):
-            self._live.update(self._render(), refresh=True)
+    def _redraw(self) -> None:
+        self._live.update(self._render(), refresh=True)
 
     def _render(self) -> Table:
         try:
@@ -103,23 +100,17 @@ class EpisodeLines:
         self.max_retries = config.failures.max_retries
         self.shown = {e.number for e in store.list_episodes(search_id, limit=10**9) if self._finished(e)}
         self._first_unshown = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._refresh = Periodic(REFRESH_SECONDS, self._print_finished)
 
     def __enter__(self) -> "EpisodeLines":
-        self._thread.start()
+        self._refresh.start()
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._refresh.stop()
         self._print_finished()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(REFRESH_SECONDS):
-            self._print_finished()
 
     def _finished(self, episode: EpisodeRecord) -> bool:
         """Done for good: a failure is not, while it has a retry left."""

@@ -197,7 +197,7 @@ def test_search_page_draws_charts_graphs_and_tables(site, page, errors, tmp_path
     lead = comparison["best_reward"] - comparison["seed_reward"]
     verdict = "beyond the noise" if comparison["beats_seed"] else "within the noise"
     versus = page.locator(".stat", has_text="Best vs seed cell")
-    expect(versus.locator("dd")).to_contain_text(f"+{lead:.4f}")
+    expect(versus.locator("dd")).to_contain_text(f"{lead:+.4f}")
     expect(versus.locator("small")).to_have_text(f"{lead / comparison['noise']:.1f}× noise: {verdict}")
 
     # Summary and tables: the first page of episodes and the top 10, formatted, with export links.

@@ -9,7 +9,6 @@ import typer
 
 from nas_errors import UserError
 from nas_service.cli.common import DB_OPTION, open_store
-from nas_service.comparison import compare_with_seed
 from nas_service.export import EXPORT_FORMATS, ExportFormat, bundle, export_architectures
 
 export_app = typer.Typer(help="Export searched architectures.", no_args_is_help=True)
@@ -31,8 +30,7 @@ def export_best(
     export_format = cast(ExportFormat, to)
     store = open_store(db)
     exported = export_architectures(store, search_id, to=export_format, top=top)
-    comparison = compare_with_seed(store, store.get_search(search_id))
-    for line in comparison.lines() if comparison is not None else []:
+    for line in exported[0].notes:
         typer.echo(line, err=True)
     if output is None:
         typer.echo(bundle(exported, export_format), nl=False)
